@@ -1,0 +1,82 @@
+# archbench — `make help` lists every target. Each one sets up .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+HOST ?= 127.0.0.1
+PORT ?= 5000
+TRACKING_URI ?= $(or $(MLFLOW_TRACKING_URI),sqlite:///mlruns/mlflow.db)
+FASHION := /usr/share/datasets/fashion-mnist
+AS_ROOT := $(shell [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && echo yes)
+
+.DEFAULT_GOAL := help
+.PHONY: help install data run sweep-activations sweep-architectures search compare ui server \
+        bench test test-fast test-deps lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
+
+install: $(STAMP) data ## set up .venv (pip, pinned torch) and Fashion-MNIST
+
+# pip, not uv or poetry: pip takes torch and torchvision from this machine's disk
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,cluster,search,server]'
+	touch $@
+
+data: ## Fashion-MNIST from Debian's dataset-fashion-mnist (installed when run as root)
+	@if [ -d $(FASHION) ] || [ -d data/FashionMNIST/raw ]; then echo "Fashion-MNIST: found"; \
+	elif [ -n "$(AS_ROOT)" ]; then \
+	  apt-get install -y -q dataset-fashion-mnist >/dev/null || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null); \
+	  echo "Fashion-MNIST: installed in $(FASHION)"; \
+	else echo "Fashion-MNIST missing: sudo apt-get install dataset-fashion-mnist," \
+	  "or copy its four IDX .gz files into data/FashionMNIST/raw/"; fi
+
+run: install ## train one network: make run ARGS="model=cnn3 activation=tanh"
+	$(PY) run.py $(ARGS)
+
+sweep-activations: install ## the course's ReLU/Tanh/Sigmoid comparison (mlp, 5 epochs)
+	$(PY) run.py +experiment=activations $(ARGS)
+
+sweep-architectures: install ## mlp, mlp_deep, cnn1, cnn2, cnn3 with ReLU
+	$(PY) run.py +experiment=architectures $(ARGS)
+
+search: install ## Optuna search of lr and batch size on a validation split: ARGS="model=cnn2"
+	$(PY) run.py +search=lr_batch $(ARGS)
+
+compare: install ## the latest sweep's comparison table and chart: ARGS="--parent RUN_ID"
+	$(PY) -m archbench.report --tracking-uri '$(TRACKING_URI)' $(ARGS)
+
+ui: install ## the MLflow UI on http://127.0.0.1:5000 (PORT=..., HOST=0.0.0.0 to share it)
+	$(PY) -m mlflow ui --backend-store-uri '$(TRACKING_URI)' --host $(HOST) --port $(PORT)
+
+server: install ## a team MLflow server on PostgreSQL: see README "Scaling out"
+	$(PY) -m archbench.server --host $(HOST) --port $(PORT) $(ARGS)
+
+bench: install ## epoch speed: textbook loop vs archbench, side by side
+	$(PY) benchmarks/epoch_speed.py $(ARGS)
+
+test-deps: ## Chromium and PostgreSQL for the end-to-end tests (installed when run as root)
+	@missing=""; command -v chromium >/dev/null || missing="chromium chromium-driver"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -z "$$missing" ]; then echo "test tools: found"; \
+	elif [ -n "$(AS_ROOT)" ]; then \
+	  apt-get install -y -q $$missing >/dev/null || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null); \
+	  echo "test tools: installed $$missing"; \
+	else echo "missing $$missing: the browser and PostgreSQL tests will skip"; fi
+
+test: install test-deps ## every test, end-to-end ones included (a few minutes on 2 cores)
+	$(PY) -m pytest $(ARGS)
+
+test-fast: install ## the quick tests only (no browser, server or real-data sweeps)
+	$(PY) -m pytest -m "not slow and not browser and not postgres" $(ARGS)
+
+lint: install ## ruff
+	$(PY) -m ruff check src tests benchmarks run.py
+
+clean: ## remove outputs/ (the MLflow store in mlruns/ is kept)
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,147 @@
+"""One Hydra job: validate, build, train and track. `run.py` calls `main`."""
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from archbench import tracking
+from archbench.config import validate
+from archbench.data import prepare
+from archbench.summary import breakdown, model_summary, parameter_counts
+from archbench.train import Trainer
+
+log = logging.getLogger(__name__)
+
+GROUPS = ("model", "activation", "optimizer", "dataset", "loss")
+
+
+def main(cfg: DictConfig) -> float | None:
+    """Train and evaluate one configuration; returns the accuracy a sweeper should maximise."""
+    state = None
+    if cfg.resume:
+        cfg, state = tracking.resume_point(cfg)
+    device = validate(cfg)
+    threads = cfg.train.threads or default_threads()
+    with open_dict(cfg):
+        cfg.train.threads = threads  # logged as used: the thread count changes float results
+    torch.set_num_threads(threads)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark and not cfg.deterministic
+    torch.manual_seed(cfg.seed)
+    model = instantiate(cfg.model)
+    if cfg.mode == "inspect":
+        print(model_summary(model, cfg.model.input_shape))  # one sample, as the course shows it
+        print(breakdown(model))
+        return None
+
+    data = prepare(
+        instantiate(cfg.dataset).load(Path(cfg.data_dir)), device, cfg.train.val_fraction, cfg.seed
+    )
+    channels_last = cfg.train.channels_last and device.type == "cuda" and data.x_train.dim() == 4
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    if channels_last:
+        data.x_train, data.x_test = (
+            x.contiguous(memory_format=memory_format) for x in (data.x_train, data.x_test)
+        )
+    trainer = Trainer(
+        model=torch.compile(model) if cfg.train.compile else model,
+        optimizer=instantiate(cfg.optimizer)(model.parameters()),
+        criterion=instantiate(cfg.loss.criterion),
+        batch_size=cfg.train.batch_size,
+        generator=torch.Generator(device).manual_seed(cfg.seed),
+        amp=cfg.train.amp,
+        progress=cfg.train.progress,
+    )
+    counts = parameter_counts(model)
+    summary = model_summary(model, cfg.model.input_shape, cfg.train.batch_size, device)
+    picked = choices()
+    tags = {
+        **picked,
+        "device": str(device),
+        "torch_version": torch.__version__,
+        "cuda_version": str(torch.version.cuda),
+        "archbench.overrides": " ".join(job_overrides()),
+    }
+    name = "-".join(picked[g] for g in ("model", "activation", "optimizer"))
+    run = tracking.open_run(cfg, name, tags, sweep_dir(), resume_id=cfg.resume)
+    with run:
+        start, spent = 1, 0.0
+        if state is not None:
+            start, spent = restore(state, model, trainer), state["train_time_s"]
+        else:
+            run.log_text(tracking.resolved_yaml(cfg), "config.yaml")
+            run.log_text(summary, "model_summary.txt")
+        params = {"params_total": counts["total"], "params_trainable": counts["trainable"]}
+
+        def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+            nonlocal spent
+            spent += metrics["epoch_time_s"]
+            run.log_metrics(metrics, step=epoch)
+            if cfg.train.checkpoint:
+                run.log_state(checkpoint(epoch, spent, model, trainer))
+
+        final = trainer.fit(data, cfg.train.epochs, start_epoch=start, on_epoch_end=on_epoch_end)
+        final.update(params, train_time_s=spent)
+        run.log_metrics({**params, "train_time_s": spent}, step=cfg.train.epochs)
+        run.log_state(model.state_dict(), "model/weights.pt")
+    log.info("%s: %s", run.name, ", ".join(f"{k}={v:.4g}" for k, v in final.items()))
+    return final.get("val_accuracy", final["test_accuracy"])
+
+
+def choices() -> dict[str, str]:
+    """The option chosen in every config group, as Hydra recorded it."""
+    picked = HydraConfig.get().runtime.choices
+    return {group: str(picked.get(group)) for group in GROUPS}
+
+
+def default_threads() -> int:
+    """The cores this process may use, shared among the jobs a parallel launcher runs at once."""
+    cores = len(os.sched_getaffinity(0))
+    launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
+    jobs = launcher.get("n_jobs") or 1
+    jobs = cores if jobs < 0 else jobs  # joblib's -1: one job per core
+    return max(1, cores // jobs)
+
+
+def checkpoint(epoch: int, spent: float, model: torch.nn.Module, trainer: Trainer) -> dict:
+    """Everything needed to continue after `epoch` exactly as if never stopped."""
+    return {
+        "epoch": epoch,
+        "train_time_s": spent,
+        "model": model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "shuffle_rng": trainer.generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def restore(state: dict, model: torch.nn.Module, trainer: Trainer) -> int:
+    """Load a checkpoint into model and trainer; returns the epoch to continue from."""
+    model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.generator.set_state(state["shuffle_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    log.info("resuming after epoch %d", state["epoch"])
+    return state["epoch"] + 1
+
+
+def job_overrides() -> list[str]:
+    return list(OmegaConf.to_container(HydraConfig.get().overrides.task))
+
+
+def sweep_dir() -> Path | None:
+    """The multirun's folder, where the sweep callback left its parent run's id; None for a single run."""
+    hydra = HydraConfig.get()
+    return Path(hydra.sweep.dir) if hydra.mode == RunMode.MULTIRUN else None

@@ -1,0 +1,146 @@
+"""One explicit validator for the composed config: every mistake is one line naming the key.
+
+It runs before any data is read and before any MLflow run exists. Unknown group options never
+get here: Hydra refuses them while composing.
+"""
+
+import math
+import re
+
+import torch
+from hydra.errors import CompactHydraException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from archbench.models import ShapeError, cnn_shapes
+
+MODES = ("train", "inspect")
+HEADS = (None, "softmax", "log_softmax")
+
+
+class ConfigError(CompactHydraException):
+    """A config value that archbench cannot run with; Hydra prints it as one line."""
+
+
+def _number(cfg, key, low=None, low_open=False, integer=False, optional=False, high=None):
+    value = OmegaConf.select(cfg, key)
+    if value is None and optional:
+        return None
+    kind = "an integer" if integer else "a number"
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low}")
+    if high is not None:
+        bounds.append(f"< {high}")
+    allowed = f"{kind} {' and '.join(bounds)}".strip() + (" or null" if optional else "")
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (not integer or isinstance(value, int))
+    ok = ok and (low is None or (value > low if low_open else value >= low))
+    ok = ok and (high is None or value < high)
+    if not ok:
+        raise ConfigError(f"{key} must be {allowed}, got {value!r}")
+    return value
+
+
+def _sizes(cfg, key):
+    value = OmegaConf.select(cfg, key)
+    ok = isinstance(value, ListConfig | list) and len(value) > 0
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+    if not ok:
+        shown = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+        raise ConfigError(f"{key} must be a non-empty list of integers >= 1, got {shown!r}")
+    return list(value)
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` = cuda, then mps, then cpu; a named device must exist on this machine."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if not isinstance(name, str) or not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
+        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
+    if name.startswith("cuda"):
+        index = int(name.partition(":")[2] or 0)
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name} but this machine has no CUDA device; use device=auto or cpu")
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device={name} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device=mps but MPS is not available here; use device=auto or cpu")
+    return torch.device(name)
+
+
+def _optimizer(cfg):
+    _number(cfg, "optimizer.lr", low=0, low_open=True)
+    for key, value in cfg.optimizer.items():
+        if str(key).startswith("_") or key == "lr":
+            continue
+        if isinstance(value, bool):
+            continue
+        values = list(value) if isinstance(value, ListConfig) else [value]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            raise ConfigError(f"optimizer.{key} must be a number, got {value!r}")
+        if any(v < 0 for v in values):
+            raise ConfigError(f"optimizer.{key} must be >= 0, got {value!r}")
+
+
+def _model_fits(cfg):
+    model, shape = cfg.model, list(cfg.model.input_shape)
+    data_shape = list(cfg.dataset.input_shape)
+    if cfg.mode == "train" and shape != data_shape:
+        raise ConfigError(
+            f"model.input_shape {shape} does not fit dataset={cfg.dataset.name}, whose input is "
+            f"{data_shape}; this model is for mode=inspect or a dataset of that shape"
+        )
+    if "channels" in model:
+        _sizes(cfg, "model.channels")
+        kernel = _number(cfg, "model.kernel_size", low=1, integer=True)
+        padding = _number(cfg, "model.padding", low=0, integer=True)
+        pool = _number(cfg, "model.pool", low=1, integer=True, optional=True)
+        if len(shape) != 3:
+            raise ConfigError(f"model.input_shape must be [channels, height, width] for a CNN, got {shape}")
+        try:
+            cnn_shapes(shape, list(model.channels), kernel, padding, pool)
+        except ShapeError as e:
+            raise ConfigError(
+                f"model={cfg.model._target_.rsplit('.', 1)[-1]} cannot fit input {shape}: {e}"
+            ) from e
+    if "hidden_sizes" in model:
+        _sizes(cfg, "model.hidden_sizes")
+
+
+def _loss_fits(cfg):
+    head, wanted = cfg.model.get("head"), cfg.loss.head
+    if head not in HEADS:
+        raise ConfigError(f"model.head must be one of null, softmax, log_softmax, got {head!r}")
+    if cfg.mode == "train" and head != wanted:
+        raise ConfigError(
+            f"model.head={head} does not fit the loss, which needs model.head={wanted}; "
+            f"choose a loss made for a {head or 'logits'} output (mse takes softmax, nll log_softmax)"
+        )
+
+
+def validate(cfg: DictConfig) -> torch.device:
+    """Check every value archbench relies on; returns the device to train on."""
+    if cfg.mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+    _number(cfg, "seed", low=0, integer=True)
+    if cfg.mode == "train":
+        _number(cfg, "train.epochs", low=1, integer=True)
+    _number(cfg, "train.batch_size", low=1, integer=True)
+    _number(cfg, "train.val_fraction", low=0, high=1)
+    _number(cfg, "train.threads", low=1, integer=True, optional=True)
+    for flag in ("amp", "channels_last", "cudnn_benchmark", "compile", "checkpoint", "progress"):
+        if not isinstance(cfg.train[flag], bool):
+            raise ConfigError(f"train.{flag} must be true or false, got {cfg.train[flag]!r}")
+    if not isinstance(cfg.deterministic, bool):
+        raise ConfigError(f"deterministic must be true or false, got {cfg.deterministic!r}")
+    _optimizer(cfg)
+    _model_fits(cfg)
+    _loss_fits(cfg)
+    if cfg.dataset.name == "synthetic":
+        _number(cfg, "dataset.train_size", low=1, integer=True)
+        _number(cfg, "dataset.test_size", low=1, integer=True)
+    return pick_device(cfg.device)

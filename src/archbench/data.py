@@ -1,0 +1,251 @@
+"""Find a dataset's files, decode them once into tensors (cached on disk), keep them on the device.
+
+Each source's `load()` returns uint8 or float tensors shaped (N, C, H, W) plus int64 labels;
+`prepare()` splits, normalises once and moves everything to the training device.
+"""
+
+import gzip
+import logging
+import math
+import os
+import pickle
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.errors import CompactHydraException
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # bump when the cached layout changes
+
+
+class DataError(CompactHydraException):
+    """Data missing or unreadable; Hydra prints it as one line."""
+
+
+Raw = dict[str, torch.Tensor]  # x_train, y_train, x_test, y_test
+
+
+@dataclass
+class Splits:
+    """Normalised tensors on the training device."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """Decode one IDX file of unsigned bytes (optionally gzipped), checking it is whole."""
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+        raise DataError(f"{path}: corrupt or truncated ({e}); delete it to fetch it again") from e
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
+        raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    dims = struct.unpack(f">{ndim}I", data[4:header]) if len(data) >= header else ()
+    if len(dims) != ndim or len(data) - header != math.prod(dims):
+        raise DataError(
+            f"{path}: truncated or corrupt IDX file: its header promises {math.prod(dims)} bytes "
+            f"of data, the file holds {max(len(data) - header, 0)}"
+        )
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header).reshape(dims)
+
+
+def cached(cache: Path, sources: list[Path], decode) -> Raw:
+    """`decode()` once; later runs read the tensors back unless a source file changed."""
+    stamp = [CACHE_FORMAT] + [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in sources]
+    try:
+        blob = torch.load(cache, weights_only=True)
+        if blob.get("stamp") == stamp:
+            return blob["tensors"]
+    except FileNotFoundError:
+        pass
+    except Exception as e:  # unreadable cache: decode again and replace it
+        log.warning("ignoring unreadable cache %s (%s)", cache, e)
+    tensors = decode()
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"stamp": stamp, "tensors": tensors}, tmp)
+        os.replace(tmp, cache)  # atomic: a crash leaves the old cache or none, never half a file
+    except OSError as e:
+        log.warning("could not write the cache %s (%s); decoding again next time", cache, e)
+        tmp.unlink(missing_ok=True)
+    return tensors
+
+
+def _check(name: str, raw: Raw, input_shape, num_classes: int) -> Raw:
+    for split in ("train", "test"):
+        x, y = raw[f"x_{split}"], raw[f"y_{split}"]
+        if tuple(x.shape[1:]) != tuple(input_shape) or len(x) != len(y):
+            raise DataError(
+                f"dataset={name}: {split} split has images {tuple(x.shape)} and {len(y)} labels; "
+                f"expected N x {tuple(input_shape)} with one label each"
+            )
+        if len(y) and (y.min() < 0 or y.max() >= num_classes):
+            raise DataError(f"dataset={name}: {split} labels outside 0..{num_classes - 1}")
+    return raw
+
+
+def _download_failed(name: str, looked: list[Path], error: Exception, how: str) -> DataError:
+    where = " and ".join(str(p) for p in looked)
+    reason = " ".join(str(error).split())  # torchvision's message spans lines
+    return DataError(
+        f"dataset={name}: no data found in {where}, and torchvision's download failed "
+        f"({type(error).__name__}: {reason}). To get it: {how}"
+    )
+
+
+class IdxSource:
+    """MNIST-style IDX files: the project's data folder, a system package, then torchvision."""
+
+    FILES = {
+        "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+    }
+
+    def __init__(self, name, torchvision_class, system_dir, input_shape, num_classes):
+        self.name, self.tv_class, self.system_dir = name, torchvision_class, system_dir
+        self.input_shape, self.num_classes = tuple(input_shape), num_classes
+
+    def find(self, data_dir: Path) -> dict[str, Path] | None:
+        """The four files in the first folder that has them all (.gz or extracted)."""
+        folders = [data_dir / self.tv_class / "raw"] + ([Path(self.system_dir)] if self.system_dir else [])
+        for folder in folders:
+            found = {}
+            for base in sum(self.FILES.values(), ()):
+                path = next((p for p in (folder / f"{base}.gz", folder / base) if p.is_file()), None)
+                if path is None:
+                    break
+                found[base] = path
+            else:
+                return found
+        return None
+
+    def download(self, data_dir: Path) -> dict[str, Path]:
+        import torchvision
+
+        try:
+            getattr(torchvision.datasets, self.tv_class)(root=str(data_dir), download=True)
+        except Exception as e:
+            looked = [data_dir / self.tv_class / "raw"] + ([Path(self.system_dir)] if self.system_dir else [])
+            how = f"copy the four IDX .gz files into {data_dir / self.tv_class / 'raw'}"
+            if self.name == "fashion_mnist":
+                how = f"sudo apt-get install dataset-fashion-mnist, or {how}"
+            raise _download_failed(self.name, looked, e, how + ", or run once with internet access") from e
+        found = self.find(data_dir)
+        if found is None:
+            raise DataError(f"dataset={self.name}: torchvision's download left no IDX files in {data_dir}")
+        return found
+
+    def load(self, data_dir: Path) -> Raw:
+        files = self.find(data_dir) or self.download(data_dir)
+        log.info("dataset=%s from %s", self.name, next(iter(files.values())).parent)
+
+        def decode() -> Raw:
+            raw = {}
+            for split, (images, labels) in self.FILES.items():
+                raw[f"x_{split}"] = read_idx(files[images]).unsqueeze(1)  # N x 1 x H x W
+                raw[f"y_{split}"] = read_idx(files[labels]).long()
+            return raw
+
+        raw = cached(data_dir / "cache" / f"{self.name}.pt", list(files.values()), decode)
+        return _check(self.name, raw, self.input_shape, self.num_classes)
+
+
+class CifarSource:
+    """CIFAR-10's python batches from the project's data folder, else torchvision's download."""
+
+    FOLDER = "cifar-10-batches-py"
+    TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+    TEST = ["test_batch"]
+
+    def __init__(self, name, input_shape, num_classes):
+        self.name, self.input_shape, self.num_classes = name, tuple(input_shape), num_classes
+
+    def load(self, data_dir: Path) -> Raw:
+        folder = data_dir / self.FOLDER
+        if not all((folder / f).is_file() for f in self.TRAIN + self.TEST):
+            import torchvision
+
+            try:
+                torchvision.datasets.CIFAR10(root=str(data_dir), download=True)
+            except Exception as e:
+                how = f"unpack cifar-10-python.tar.gz into {data_dir}, or run once with internet access"
+                raise _download_failed(self.name, [folder], e, how) from e
+        files = [folder / f for f in self.TRAIN + self.TEST]
+
+        def decode() -> Raw:
+            train = [self._read(folder / f) for f in self.TRAIN]
+            x_test, y_test = self._read(folder / self.TEST[0])
+            return {
+                "x_train": torch.cat([x for x, _ in train]),
+                "y_train": torch.cat([y for _, y in train]),
+                "x_test": x_test,
+                "y_test": y_test,
+            }
+
+        raw = cached(data_dir / "cache" / f"{self.name}.pt", files, decode)
+        return _check(self.name, raw, self.input_shape, self.num_classes)
+
+    @staticmethod
+    def _read(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            with open(path, "rb") as f:
+                batch = pickle.load(f, encoding="latin1")  # Python 2 pickles, read as torchvision does
+            x = torch.tensor(bytearray(batch["data"].tobytes()), dtype=torch.uint8)
+            return x.reshape(-1, 3, 32, 32), torch.tensor(batch["labels"], dtype=torch.long)
+        except (OSError, EOFError, pickle.UnpicklingError, KeyError, AttributeError, RuntimeError) as e:
+            raise DataError(f"{path}: corrupt or truncated CIFAR batch ({type(e).__name__}: {e})") from e
+
+
+class SyntheticSource:
+    """One random prototype image per class plus Gaussian noise: small, in memory, learnable."""
+
+    def __init__(self, name, input_shape, num_classes, train_size, test_size, noise, seed):
+        self.name, self.input_shape, self.num_classes = name, tuple(input_shape), num_classes
+        self.sizes, self.noise, self.seed = (train_size, test_size), noise, seed
+
+    def load(self, data_dir: Path) -> Raw:
+        g = torch.Generator().manual_seed(self.seed)
+        prototypes = torch.randn(self.num_classes, *self.input_shape, generator=g)
+        raw = {}
+        for split, n in zip(("train", "test"), self.sizes, strict=True):
+            y = torch.randint(self.num_classes, (n,), generator=g)
+            raw[f"x_{split}"] = prototypes[y] + self.noise * torch.randn(n, *self.input_shape, generator=g)
+            raw[f"y_{split}"] = y
+        return raw
+
+
+def prepare(raw: Raw, device: torch.device, val_fraction: float, seed: int) -> Splits:
+    """Hold out a validation slice, normalise with the training split's per-channel statistics."""
+    x_train, y_train = raw["x_train"], raw["y_train"]
+    x_val = y_val = None
+    if val_fraction > 0:
+        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))
+        n_val = max(1, int(len(x_train) * val_fraction))
+        x_val, y_val = x_train[order[:n_val]], y_train[order[:n_val]]
+        x_train, y_train = x_train[order[n_val:]], y_train[order[n_val:]]
+    dims = [0] + list(range(2, x_train.dim()))  # every axis but the channel
+    stats = x_train.to(device, torch.float32)
+    mean = stats.mean(dims, keepdim=True)
+    std = stats.std(dims, keepdim=True).clamp_min(1e-6)
+    del stats
+
+    def norm(x):
+        return None if x is None else (x.to(device, torch.float32) - mean) / std
+
+    def on(y):
+        return None if y is None else y.to(device)
+
+    return Splits(norm(x_train), on(y_train), norm(raw["x_test"]), on(raw["y_test"]), norm(x_val), on(y_val))

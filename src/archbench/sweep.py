@@ -1,0 +1,101 @@
+"""Sweep-level tracking as a Hydra callback: one MLflow parent run per multirun, jobs as children.
+
+The launching process creates the store, the experiment and the parent run before any job starts
+(parallel jobs racing to create a fresh SQLite store lose runs), and leaves the parent's id in the
+sweep folder, where every job finds it, in this process, a joblib worker or a SLURM node.
+"""
+
+import atexit
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from archbench import report, tracking
+
+log = logging.getLogger(__name__)
+
+FAILED_FILE = "job_failed.json"  # in a failed job's folder: its overrides and error
+PRESET_GROUPS = ("experiment", "search")
+
+
+class MlflowSweep(Callback):
+    def __init__(self) -> None:
+        self.parent_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        mlflow_client = tracking.client(config.tracking.uri)
+        experiment = tracking.experiment_id(mlflow_client, config.tracking.experiment)
+        picked = config.hydra.runtime.choices
+        preset = next((picked[g] for g in PRESET_GROUPS if picked.get(g)), None)
+        overrides = " ".join(OmegaConf.to_container(config.hydra.overrides.task))
+        run = mlflow_client.create_run(
+            experiment,
+            run_name=f"sweep-{preset or sweep_dir.name}",
+            tags={
+                "archbench.sweep": "parent",
+                "archbench.sweep_dir": str(sweep_dir.resolve()),
+                "archbench.overrides": overrides,
+            },
+        )
+        self.parent_id = run.info.run_id
+        mlflow_client.log_param(self.parent_id, "sweep.overrides", overrides or "(none)")
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / tracking.PARENT_FILE).write_text(self.parent_id)
+        # Hydra skips on_multirun_end when a job raised; the parent must still be closed.
+        atexit.register(self._finish, config, interrupted=True)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
+        if job_return.status != JobStatus.FAILED or config.hydra.mode.name != "MULTIRUN":
+            return
+        error = job_return._return_value  # the exception; the public getter re-raises it
+        record = {"overrides": job_return.overrides, "error": f"{type(error).__name__}: {error}"}
+        Path(config.hydra.runtime.output_dir, FAILED_FILE).write_text(json.dumps(record))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        atexit.unregister(self._finish)
+        self._finish(config, interrupted=False)
+
+    def _finish(self, config: DictConfig, interrupted: bool) -> None:
+        """Attach the comparison to the parent run and close it; runs once."""
+        if self.parent_id is None:
+            return
+        parent_id, self.parent_id = self.parent_id, None
+        sweep_dir = Path(config.hydra.sweep.dir)
+        mlflow_client = tracking.client(config.tracking.uri)
+        failures = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{FAILED_FILE}"))]
+        rows: list[dict] = []
+        try:
+            rows = report.sweep_rows(mlflow_client, parent_id, failures)
+            with tempfile.TemporaryDirectory() as tmp:
+                for path in report.write_all(rows, Path(tmp), title=f"sweep {sweep_dir}"):
+                    mlflow_client.log_artifact(parent_id, str(path))
+                if failures:
+                    mlflow_client.log_text(parent_id, json.dumps(failures, indent=1), "failed_jobs.json")
+            _log_best(mlflow_client, parent_id, sweep_dir)
+            if rows:
+                print(report.markdown(rows))
+        finally:
+            failed = interrupted or failures or any(r["status"] != "FINISHED" for r in rows)
+            mlflow_client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
+        for failure in failures:
+            log.error("job failed: %s: %s", " ".join(failure["overrides"]), failure["error"])
+        if failures:
+            log.error("%d job(s) of sweep %s failed; the others are recorded", len(failures), sweep_dir)
+
+
+def _log_best(mlflow_client, parent_id: str, sweep_dir: Path) -> None:
+    """Optuna's verdict (optimization_results.yaml, written by its sweeper) on the parent run."""
+    results = sweep_dir / "optimization_results.yaml"
+    if not results.is_file():
+        return
+    best = OmegaConf.load(results)
+    for key, value in best.get("best_params", {}).items():
+        mlflow_client.log_param(parent_id, f"best.{key}", value)
+    if "best_value" in best:
+        mlflow_client.log_metric(parent_id, "best_value", float(best.best_value))

@@ -1,0 +1,229 @@
+"""Everything MLflow: the store, one run per job, its lifecycle, metrics, artifacts and checkpoints.
+
+Runs go through `MlflowClient` rather than the fluent API, so no process-global "active run" can
+leak from a failed job into the next one that the same process runs.
+"""
+
+import logging
+import re
+import signal
+import tempfile
+import threading
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+PARENT_FILE = "mlflow_parent_run_id"  # in a sweep's folder: the parent run its jobs attach to
+CHECKPOINT = "checkpoint/last.pt"
+
+
+def redact(uri: str) -> str:
+    """The URI without its password, fit for params, tags and logs."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def client(uri: str):
+    """An MlflowClient on `uri`, creating a local SQLite store's folder first."""
+    import mlflow
+
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(mlflow_client, name: str) -> str:
+    """The experiment's id, creating it if needed (and tolerating a concurrent creator)."""
+    from mlflow.exceptions import MlflowException
+
+    found = mlflow_client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    uri = mlflow_client.tracking_uri
+    artifacts = None
+    if uri.startswith("sqlite:///"):  # beside the database, not in whatever folder we run from
+        folder = re.sub(r"[^\w.-]", "_", name)
+        artifacts = (Path(uri.removeprefix("sqlite:///")).parent / folder).resolve().as_uri()
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=artifacts)
+    except MlflowException:  # another process created it between our two calls
+        return mlflow_client.get_experiment_by_name(name).experiment_id
+
+
+def flatten(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as dotted keys (`optimizer.lr`), with credentials removed."""
+    flat: dict[str, str] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    if "tracking.uri" in flat:
+        flat["tracking.uri"] = redact(flat["tracking.uri"])
+    return flat
+
+
+def resolved_yaml(cfg: DictConfig) -> str:
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.get("tracking", {})["uri"] = redact(str(cfg.tracking.uri))
+    return OmegaConf.to_yaml(container)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (scancel, a SLURM timeout, kill), raised like Ctrl-C so every cleanup runs."""
+
+
+class Run:
+    """One job's MLflow run; `with run:` ends it FINISHED, FAILED (error kept) or KILLED."""
+
+    def __init__(self, mlflow_client, run_id: str, name: str = ""):
+        self.client, self.run_id, self.name = mlflow_client, run_id, name
+        self._busy = False  # inside a store write that a signal must not cut in half
+        self._pending: str | None = None
+        self._saved_handlers: dict = {}
+
+    @classmethod
+    def start(cls, mlflow_client, experiment: str, name: str, tags: dict, parent_run_id=None):
+        from mlflow.tracking.context.registry import resolve_tags
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        if parent_run_id:
+            tags = {**tags, MLFLOW_PARENT_RUN_ID: parent_run_id}
+        run = mlflow_client.create_run(
+            experiment_id(mlflow_client, experiment), run_name=name, tags=resolve_tags(tags)
+        )
+        return cls(mlflow_client, run.info.run_id, name)
+
+    @classmethod
+    def reopen(cls, mlflow_client, run_id: str):
+        mlflow_client.update_run(run_id, status="RUNNING")
+        return cls(mlflow_client, run_id, mlflow_client.get_run(run_id).info.run_name)
+
+    def log_params(self, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow's limit per batch
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        """All of `metrics` in one store call."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        with self._atomic():
+            self.client.log_batch(self.run_id, [Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)
+
+    def log_state(self, state: dict, name: str = CHECKPOINT) -> None:
+        """torch.save `state` as the artifact `name`, replacing the previous one."""
+        with tempfile.TemporaryDirectory() as tmp, self._atomic():
+            path = Path(tmp) / Path(name).name
+            torch.save(state, path)
+            self.client.log_artifact(self.run_id, str(path), str(Path(name).parent))
+
+    def load_state(self, name: str = CHECKPOINT) -> dict:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.client.download_artifacts(self.run_id, name, tmp)
+            return torch.load(path, weights_only=False, map_location="cpu")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved_handlers[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, kind, error, tb):
+        for sig, handler in self._saved_handlers.items():
+            signal.signal(sig, handler)
+        status = (
+            "FINISHED" if error is None else "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        )
+        try:
+            if error is not None:
+                text = f"{type(error).__name__}: {error}"
+                self.client.set_tag(self.run_id, "archbench.error", text[:4000])
+                self.log_text("".join(traceback.format_exception(kind, error, tb)), "error.txt")
+            self.client.set_terminated(self.run_id, status)
+        except Exception as e:  # the store is gone: say so, but keep the job's own error
+            log.error("could not mark MLflow run %s %s: %s", self.run_id, status, e)
+        return False
+
+    def _on_signal(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self._busy:  # finish the write first, then stop
+            self._pending = name
+            return
+        raise (Terminated if signum == signal.SIGTERM else KeyboardInterrupt)(f"stopped by {name}")
+
+    @contextmanager
+    def _atomic(self):
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._busy = False
+        if self._pending:
+            raise (Terminated if self._pending == "SIGTERM" else KeyboardInterrupt)(
+                f"stopped by {self._pending}"
+            )
+
+
+def open_run(cfg: DictConfig, name: str, tags: dict, sweep_dir: Path | None, resume_id=None) -> Run:
+    """A new run (a child of its sweep's parent run, if any) with the config as params; or the resumed one."""
+    mlflow_client = client(cfg.tracking.uri)
+    if resume_id:
+        return Run.reopen(mlflow_client, resume_id)
+    parent = sweep_dir / PARENT_FILE if sweep_dir else None
+    parent_id = parent.read_text().strip() if parent and parent.is_file() else None
+    run = Run.start(mlflow_client, cfg.tracking.experiment, name, tags, parent_id)
+    run.log_params(flatten(cfg))
+    return run
+
+
+def resume_point(cfg: DictConfig) -> tuple[DictConfig, dict]:
+    """The config a run was started with (tracking from `cfg`) and its last checkpoint."""
+    from mlflow.exceptions import MlflowException
+
+    from archbench.config import ConfigError
+
+    mlflow_client = client(cfg.tracking.uri)
+    where = f"resume={cfg.resume}"
+    try:
+        info = mlflow_client.get_run(cfg.resume).info
+    except MlflowException as e:
+        raise ConfigError(f"{where}: no such run in {redact(cfg.tracking.uri)}") from e
+    if info.status == "FINISHED":
+        raise ConfigError(f"{where}: that run already finished; nothing to resume")
+    run = Run(mlflow_client, cfg.resume)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            logged = OmegaConf.load(mlflow_client.download_artifacts(cfg.resume, "config.yaml", tmp))
+        state = run.load_state()
+    except (MlflowException, OSError) as e:
+        raise ConfigError(
+            f"{where}: the run has no checkpoint (it stopped before its first epoch ended, or ran "
+            "with train.checkpoint=false); start it anew"
+        ) from e
+    logged.tracking = cfg.tracking
+    logged.resume = cfg.resume
+    logged.train.progress = cfg.train.progress
+    return logged, state

@@ -1,0 +1,136 @@
+"""The training loop: an epoch is index slices of a fresh permutation of tensors already on the device.
+
+Nothing here reads the device's numbers back per batch (that would stall CUDA): loss sums and
+correct counts accumulate on the device and are read once per epoch, plus one finite-loss check
+every `check_every` batches. Returns plain numbers; tracking happens in the caller's callback.
+"""
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from hydra.errors import CompactHydraException
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from archbench.data import Splits
+
+
+class Diverged(CompactHydraException):
+    """The training loss became NaN or infinite."""
+
+
+class OneHotMSELoss(nn.Module):
+    """Mean squared error against one-hot targets (the course's MSE example)."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(output, F.one_hot(target, self.num_classes).to(output.dtype))
+
+
+@dataclass
+class Trainer:
+    """What stays fixed over a run: the model, its optimiser and loss, and how batches are run."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    criterion: nn.Module
+    batch_size: int
+    generator: torch.Generator  # shuffling, kept apart from the global RNG so a resume can restore it
+    amp: bool = False  # bf16 autocast (CUDA)
+    progress: bool = True
+    check_every: int = 100  # batches between finite-loss checks
+
+    def autocast(self, device: torch.device):
+        if self.amp and device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def train_one_epoch(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[float, float]:
+        """One pass over (x, y) in a fresh random order; returns mean loss and accuracy."""
+        self.model.train()
+        order = torch.randperm(len(x), device=x.device, generator=self.generator)
+        loss_sum = torch.zeros((), device=x.device)
+        correct = torch.zeros((), device=x.device, dtype=torch.long)
+        starts = range(0, len(x), self.batch_size)
+        for step, start in enumerate(tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=self._quiet)):
+            idx = order[start : start + self.batch_size]
+            xb, yb = x[idx], y[idx]
+            with self.autocast(x.device):
+                out = self.model(xb)
+                loss = self.criterion(out, yb)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += (out.argmax(1) == yb).sum()
+            if step % self.check_every == 0 and not math.isfinite(loss.item()):
+                raise Diverged(self._diverged(loss.item(), epoch, step))
+        mean_loss = loss_sum.item() / len(x)
+        if not math.isfinite(mean_loss):
+            raise Diverged(self._diverged(mean_loss, epoch, len(starts) - 1))
+        return mean_loss, correct.item() / len(x)
+
+    @torch.inference_mode()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 10_000) -> tuple[float, float]:
+        """Mean loss and accuracy over (x, y), in large batches."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=x.device)
+        correct = torch.zeros((), device=x.device, dtype=torch.long)
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            with self.autocast(x.device):
+                out = self.model(xb)
+                loss_sum += self.criterion(out.float(), yb) * len(xb)
+            correct += (out.argmax(1) == yb).sum()
+        return loss_sum.item() / len(x), correct.item() / len(x)
+
+    def fit(
+        self,
+        data: Splits,
+        epochs: int,
+        start_epoch: int = 1,
+        on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> dict[str, float]:
+        """Train epochs start_epoch..epochs; per-epoch metrics go to `on_epoch_end(epoch, metrics)`.
+
+        Returns the last epoch's test (and validation) loss and accuracy.
+        """
+        final: dict[str, float] = {}
+        for epoch in tqdm(range(start_epoch, epochs + 1), desc="epochs", disable=self._quiet):
+            _sync(data.x_train.device)
+            tic = time.perf_counter()
+            train_loss, train_acc = self.train_one_epoch(data.x_train, data.y_train, epoch)
+            _sync(data.x_train.device)
+            metrics = {"train_loss": train_loss, "train_accuracy": train_acc}
+            metrics["epoch_time_s"] = time.perf_counter() - tic
+            metrics["test_loss"], metrics["test_accuracy"] = self.evaluate(data.x_test, data.y_test)
+            if data.x_val is not None:
+                metrics["val_loss"], metrics["val_accuracy"] = self.evaluate(data.x_val, data.y_val)
+            if on_epoch_end:
+                on_epoch_end(epoch, metrics)
+            final = metrics
+        return {k: v for k, v in final.items() if k.startswith(("test_", "val_"))}
+
+    @property
+    def _quiet(self) -> bool | None:
+        return True if not self.progress else None  # None: tqdm shows bars on a terminal only
+
+    def _diverged(self, value: float, epoch: int, step: int) -> str:
+        lr = self.optimizer.param_groups[0]["lr"]
+        return (
+            f"training loss became {value} at epoch {epoch}, batch {step + 1}: "
+            f"the run diverged; try a smaller optimizer.lr (now {lr})"
+        )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

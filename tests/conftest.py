@@ -1,0 +1,69 @@
+"""Shared test helpers: compose the real config, shrink it, run jobs in-process or as subprocesses."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small(tmp_path: Path) -> list[str]:
+    """Overrides that make a job tiny and keep everything it writes under tmp_path."""
+    return [
+        "dataset=synthetic",
+        "train.epochs=1",
+        "train.progress=false",
+        f"tracking.uri=sqlite:///{tmp_path}/mlruns/mlflow.db",
+        f"data_dir={tmp_path}/data",
+        f"hydra.run.dir={tmp_path}/outputs/run",
+        f"hydra.sweep.dir={tmp_path}/outputs/sweep",
+    ]
+
+
+def compose_job(tmp_path: Path, *overrides: str) -> DictConfig:
+    """The job config run.py would get, with HydraConfig set as in a real run."""
+    with initialize(version_base="1.3", config_path="../conf"):
+        cfg = compose("config", overrides=[*small(tmp_path), *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def run_py(tmp_path: Path, *args: str, small_job: bool = True, timeout: int = 300, env=None):
+    """`python run.py ARGS` in the project root; returns the CompletedProcess."""
+    flags = [a for a in args if a.startswith("-")]  # argparse wants them before the overrides
+    overrides = [a for a in args if not a.startswith("-")]
+    cmd = [sys.executable, "run.py", *flags, *(small(tmp_path) if small_job else []), *overrides]
+    return subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
+
+
+def store(tmp_path: Path):
+    """An MlflowClient on the test's store."""
+    import mlflow
+
+    return mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+
+
+def all_runs(tmp_path: Path) -> list:
+    mlflow_client = store(tmp_path)
+    ids = [e.experiment_id for e in mlflow_client.search_experiments()]
+    return list(mlflow_client.search_runs(ids, max_results=1000)) if ids else []
+
+
+@pytest.fixture(autouse=True)
+def _quiet_threads(monkeypatch):
+    # keep in-process jobs from changing the thread count for the tests that follow
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

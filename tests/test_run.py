@@ -1,0 +1,84 @@
+"""A run trains, evaluates and leaves a complete MLflow record; a multirun leaves one per job."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from archbench.app import main
+from archbench.data import IdxSource
+from conftest import all_runs, compose_job, run_py, store
+
+SYSTEM = "/usr/share/datasets/fashion-mnist"
+have_fashion = IdxSource("fashion_mnist", "FashionMNIST", SYSTEM, [1, 28, 28], 10).find(Path("data"))
+needs_fashion = pytest.mark.skipif(
+    not have_fashion and not os.environ.get("ARCHBENCH_STRICT"),
+    reason="Fashion-MNIST not installed (sudo apt-get install dataset-fashion-mnist)",
+)
+
+PER_EPOCH = ("train_loss", "train_accuracy", "test_accuracy", "test_loss", "epoch_time_s")
+FINAL = ("test_accuracy", "test_loss", "train_time_s", "params_total", "params_trainable")
+TAGS = ("model", "activation", "optimizer", "dataset", "loss", "device", "torch_version", "cuda_version")
+
+
+def check_record(tmp_path, run, cfg, epochs):
+    mlflow_client = store(tmp_path)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "mlp-relu-sgd"
+    assert set(FINAL) <= set(run.data.metrics)
+    for key in PER_EPOCH:
+        history = mlflow_client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in history) == list(range(1, epochs + 1)), key
+    real = sum(p.numel() for p in instantiate(cfg.model).parameters())
+    assert run.data.metrics["params_total"] == real == run.data.metrics["params_trainable"]
+    params = run.data.params
+    assert params["optimizer.lr"] == "0.1" and params["model.hidden_sizes"] == "[100]"
+    assert params["train.epochs"] == str(epochs) and params["train.batch_size"] == "100"
+    assert params["model.activation._target_"] == "torch.nn.ReLU"
+    assert int(params["train.threads"]) >= 1
+    tags = run.data.tags
+    assert {k: tags[k] for k in TAGS[:5]} == {
+        "model": "mlp",
+        "activation": "relu",
+        "optimizer": "sgd",
+        "dataset": cfg.dataset.name,
+        "loss": "cross_entropy",
+    }
+    assert tags["device"] == "cpu" and tags["torch_version"] == torch.__version__
+    assert tags["cuda_version"] == str(torch.version.cuda)
+    names = {a.path for a in mlflow_client.list_artifacts(run.info.run_id)}
+    assert {"model_summary.txt", "config.yaml", "model", "checkpoint"} <= names
+    summary = mlflow_client.download_artifacts(run.info.run_id, "model_summary.txt", str(tmp_path))
+    assert "[100, 1, 28, 28]" in Path(summary).read_text()
+    weights = mlflow_client.download_artifacts(run.info.run_id, "model/weights.pt", str(tmp_path))
+    assert set(torch.load(weights)) == set(instantiate(cfg.model).state_dict())
+
+
+@needs_fashion
+def test_one_epoch_mlp_on_fashion_mnist(tmp_path):
+    cfg = compose_job(tmp_path, "dataset=fashion_mnist", "model=mlp")
+    accuracy = main(cfg)
+    assert accuracy >= 0.75
+    (run,) = all_runs(tmp_path)
+    assert run.data.metrics["test_accuracy"] == accuracy
+    assert run.data.metrics["train_time_s"] > 0
+    check_record(tmp_path, run, cfg, epochs=1)
+
+
+def test_record_on_synthetic_data(tmp_path):
+    cfg = compose_job(tmp_path, "train.epochs=2")
+    main(cfg)
+    (run,) = all_runs(tmp_path)
+    check_record(tmp_path, run, cfg, epochs=2)
+    assert (tmp_path / "mlruns" / "archbench").is_dir(), "artifacts live beside the database"
+
+
+def test_multirun_gives_one_finished_run_per_job(tmp_path):
+    result = run_py(tmp_path, "model=cnn3", "-m", "activation=relu,tanh")
+    assert result.returncode == 0, result.stderr
+    children = [r for r in all_runs(tmp_path) if r.data.tags.get("archbench.sweep") != "parent"]
+    assert sorted(r.info.run_name for r in children) == ["cnn3-relu-sgd", "cnn3-tanh-sgd"]
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert len({r.info.experiment_id for r in children}) == 1
