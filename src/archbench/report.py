@@ -32,7 +32,7 @@ def _row(run) -> dict:
 
 def _failed_row(failure: dict) -> dict:
     """A job that failed before it had a run (e.g. a config error)."""
-    picked = dict(o.split("=", 1) for o in failure["overrides"] if "=" in o)
+    picked = failure.get("choices", {})
     row = {"run": "(no run)", **{g: picked.get(g, "") for g in GROUPS}}
     row.update(overrides=" ".join(failure["overrides"]), status="FAILED", error=failure["error"], run_id="")
     return row | {k: None for k in NUMBERS}
@@ -65,8 +65,12 @@ def _label(row: dict, shared: set[str]) -> str:
     return " ".join(own) or row["run"]
 
 
+def _shared(rows: list[dict]) -> set[str]:
+    return set.intersection(*(set(r["overrides"].split()) for r in rows)) if rows else set()
+
+
 def _table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    shared = set.intersection(*(set(r["overrides"].split()) for r in rows)) if rows else set()
+    shared = _shared(rows)
     varying = [g for g in GROUPS if len({r[g] for r in rows}) > 1] or ["model"]
     numbers = [k for k in NUMBERS if any(r[k] is not None for r in rows)]
     header = ["config", *varying, "status", *numbers]
@@ -91,7 +95,8 @@ def markdown(rows: list[dict]) -> str:
     header, body = _table(rows)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    errors = [f"- {r['overrides'] or r['run']}: {r['error']}" for r in rows if r["error"]]
+    shared = _shared(rows)
+    errors = [f"- {_label(r, shared)}: {r['error']}" for r in rows if r["error"]]
     return "\n".join(lines + (["", "Failed:"] + errors if errors else [])) + "\n"
 
 
@@ -110,7 +115,7 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shared = set.intersection(*(set(r["overrides"].split()) for r in rows))
+    shared = _shared(rows)
     labels = [_label(r, shared) for r in rows][::-1]  # best at the top
     accuracy = [(r["test_accuracy"] or 0) for r in rows][::-1]
     seconds = [(r["train_time_s"] or 0) for r in rows][::-1]
@@ -119,7 +124,7 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 1.2 + 0.45 * len(rows)), sharey=True)
     for ax, values, name, fmt in (
         (left, accuracy, "test accuracy", "{:.3f}"),
-        (right, seconds, "training time (s)", "{:.1f}"),
+        (right, seconds, "training time (s)", "{:.2f}" if max(seconds) < 10 else "{:.1f}"),
     ):
         bars = ax.barh(labels, values, color=colors)
         texts = ["failed" if f else fmt.format(v) for f, v in zip(failed, values, strict=True)]

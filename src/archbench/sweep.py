@@ -36,7 +36,7 @@ class MlflowSweep(Callback):
         overrides = " ".join(OmegaConf.to_container(config.hydra.overrides.task))
         run = mlflow_client.create_run(
             experiment,
-            run_name=f"sweep-{preset or sweep_dir.name}",
+            run_name=f"sweep-{preset or sweep_dir.parent.name + '-' + sweep_dir.name}",
             tags={
                 "archbench.sweep": "parent",
                 "archbench.sweep_dir": str(sweep_dir.resolve()),
@@ -54,7 +54,11 @@ class MlflowSweep(Callback):
         if job_return.status != JobStatus.FAILED or config.hydra.mode.name != "MULTIRUN":
             return
         error = job_return._return_value  # the exception; the public getter re-raises it
-        record = {"overrides": job_return.overrides, "error": f"{type(error).__name__}: {error}"}
+        record = {
+            "overrides": job_return.overrides,
+            "choices": {g: str(config.hydra.runtime.choices.get(g)) for g in report.GROUPS},
+            "error": f"{type(error).__name__}: {error}",
+        }
         Path(config.hydra.runtime.output_dir, FAILED_FILE).write_text(json.dumps(record))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
