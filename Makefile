@@ -60,7 +60,7 @@ bench: install ## epoch speed: textbook loop vs archbench, side by side
 	$(PY) benchmarks/epoch_speed.py $(ARGS)
 
 test-deps: ## Chromium and PostgreSQL for the end-to-end tests (installed when run as root)
-	@missing=""; command -v chromium >/dev/null || missing="chromium chromium-driver"; \
+	@missing=""; command -v chromium >/dev/null && [ -x /usr/bin/chromedriver ] || missing="chromium chromium-driver"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -z "$$missing" ]; then echo "test tools: found"; \
 	elif [ -n "$(AS_ROOT)" ]; then \

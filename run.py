@@ -6,6 +6,8 @@ python run.py +experiment=activations
 python run.py model=cnn2 mode=inspect
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -18,4 +20,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM raised as archbench.tracking.Terminated
+        print(f"interrupted ({e or 'Ctrl-C'}): runs in progress are marked KILLED", file=sys.stderr)
+        sys.exit(143 if type(e).__name__ == "Terminated" else 130)

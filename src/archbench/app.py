@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -23,6 +24,15 @@ GROUPS = ("model", "activation", "optimizer", "dataset", "loss")
 
 def main(cfg: DictConfig) -> float | None:
     """Train and evaluate one configuration; returns the accuracy a sweeper should maximise."""
+    try:
+        return run_job(cfg)
+    except CompactHydraException as e:  # our own errors: config, data, divergence
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the job fails, the sweep goes on, and the sweep callback reports it
+        raise SystemExit(f"error: {e}") from None  # one line, without Hydra's traceback banner
+
+
+def run_job(cfg: DictConfig) -> float | None:
     state = None
     if cfg.resume:
         cfg, state = tracking.resume_point(cfg)
@@ -78,7 +88,7 @@ def main(cfg: DictConfig) -> float | None:
         if state is not None:
             start, spent = restore(state, model, trainer), state["train_time_s"]
         else:
-            run.log_text(tracking.resolved_yaml(cfg), "config.yaml")
+            run.log_config(cfg)
             run.log_text(summary, "model_summary.txt")
         params = {"params_total": counts["total"], "params_trainable": counts["trainable"]}
 

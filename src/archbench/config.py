@@ -116,9 +116,11 @@ def _loss_fits(cfg):
     if head not in HEADS:
         raise ConfigError(f"model.head must be one of null, softmax, log_softmax, got {head!r}")
     if cfg.mode == "train" and head != wanted:
+        shown = "null" if head is None else head
         raise ConfigError(
-            f"model.head={head} does not fit the loss, which needs model.head={wanted}; "
-            f"choose a loss made for a {head or 'logits'} output (mse takes softmax, nll log_softmax)"
+            f"model.head={shown} does not fit the loss, which needs "
+            f"model.head={'null' if wanted is None else wanted}; choose a loss made for a "
+            f"{head or 'logits'} output (mse takes softmax, nll log_softmax, cross_entropy logits)"
         )
 
 

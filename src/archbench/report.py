@@ -154,8 +154,8 @@ def find_rows(mlflow_client, parent: str | None, experiment: str | None) -> tupl
         found = mlflow_client.get_experiment_by_name(experiment)
         if found is None:
             return [], f"no experiment named {experiment!r}", ""
-        runs = _search(mlflow_client, [found.experiment_id], "tags.archbench.sweep != 'parent'")
-        runs = [r for r in runs if r.data.tags.get("archbench.sweep") != "parent"]
+        runs = _search(mlflow_client, [found.experiment_id], "")
+        runs = [r for r in runs if r.data.tags.get("archbench.sweep") != "parent"]  # jobs, not sweeps
         return (
             sort_rows([_row(r) for r in runs]),
             f"experiment {experiment}",

@@ -8,7 +8,10 @@ sweep folder, where every job finds it, in this process, a joblib worker or a SL
 import atexit
 import json
 import logging
+import signal
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from hydra.core.utils import JobReturn, JobStatus
@@ -26,6 +29,7 @@ PRESET_GROUPS = ("experiment", "search")
 class MlflowSweep(Callback):
     def __init__(self) -> None:
         self.parent_id: str | None = None
+        self.signalled = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -47,8 +51,15 @@ class MlflowSweep(Callback):
         mlflow_client.log_param(self.parent_id, "sweep.overrides", overrides or "(none)")
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / tracking.PARENT_FILE).write_text(self.parent_id)
-        # Hydra skips on_multirun_end when a job raised; the parent must still be closed.
+        # Hydra skips on_multirun_end when a job raised or a signal came; the parent must still
+        # be closed. SIGTERM (scancel) would otherwise end the process without running atexit.
         atexit.register(self._finish, config, interrupted=True)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame):
+        self.signalled = True
+        raise tracking.Terminated("stopped by SIGTERM")
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
         if job_return.status != JobStatus.FAILED or config.hydra.mode.name != "MULTIRUN":
@@ -85,12 +96,27 @@ class MlflowSweep(Callback):
             if rows:
                 print(report.markdown(rows))
         finally:
-            failed = interrupted or failures or any(r["status"] != "FINISHED" for r in rows)
-            mlflow_client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
-        for failure in failures:
-            log.error("job failed: %s: %s", " ".join(failure["overrides"]), failure["error"])
+            status = self._status(mlflow_client, rows, failures, interrupted)
+            mlflow_client.set_terminated(parent_id, status)
+        for failure in failures:  # all of them: Hydra's own message names only the first
+            print(f"job failed: {' '.join(failure['overrides'])}: {failure['error']}", file=sys.stderr)
         if failures:
-            log.error("%d job(s) of sweep %s failed; the others are recorded", len(failures), sweep_dir)
+            print(
+                f"{len(failures)} job(s) of sweep {sweep_dir} failed; the others are recorded",
+                file=sys.stderr,
+            )
+
+    def _status(self, mlflow_client, rows: list[dict], failures: list, interrupted: bool) -> str:
+        """The parent's end state; jobs a dead launcher left RUNNING are closed as KILLED."""
+        stuck = [r for r in rows if r["status"] == "RUNNING"] if interrupted else []
+        for row in stuck:
+            mlflow_client.set_terminated(row["run_id"], "KILLED")
+        statuses = {r["status"] for r in rows}
+        if self.signalled or stuck or "KILLED" in statuses:
+            return "KILLED"
+        if interrupted or failures or statuses - {"FINISHED"}:
+            return "FAILED"
+        return "FINISHED"
 
 
 def _log_best(mlflow_client, parent_id: str, sweep_dir: Path) -> None:

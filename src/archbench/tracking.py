@@ -120,6 +120,11 @@ class Run:
         for i in range(0, len(items), 100):  # MLflow's limit per batch
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
+    def log_config(self, cfg: DictConfig) -> None:
+        """The resolved config: flattened as params, and whole as config.yaml."""
+        self.log_params(flatten(cfg))
+        self.log_text(resolved_yaml(cfg), "config.yaml")
+
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         """All of `metrics` in one store call."""
         import time
@@ -188,15 +193,13 @@ class Run:
 
 
 def open_run(cfg: DictConfig, name: str, tags: dict, sweep_dir: Path | None, resume_id=None) -> Run:
-    """A new run (a child of its sweep's parent run, if any) with the config as params; or the resumed one."""
+    """A new run (a child of its sweep's parent run, if any), or the resumed one."""
     mlflow_client = client(cfg.tracking.uri)
     if resume_id:
         return Run.reopen(mlflow_client, resume_id)
     parent = sweep_dir / PARENT_FILE if sweep_dir else None
     parent_id = parent.read_text().strip() if parent and parent.is_file() else None
-    run = Run.start(mlflow_client, cfg.tracking.experiment, name, tags, parent_id)
-    run.log_params(flatten(cfg))
-    return run
+    return Run.start(mlflow_client, cfg.tracking.experiment, name, tags, parent_id)
 
 
 def resume_point(cfg: DictConfig) -> tuple[DictConfig, dict]:

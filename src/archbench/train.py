@@ -117,6 +117,10 @@ class Trainer:
             if on_epoch_end:
                 on_epoch_end(epoch, metrics)
             final = metrics
+        if not final:  # resumed after the last epoch: nothing left to train
+            final["test_loss"], final["test_accuracy"] = self.evaluate(data.x_test, data.y_test)
+            if data.x_val is not None:
+                final["val_loss"], final["val_accuracy"] = self.evaluate(data.x_val, data.y_val)
         return {k: v for k, v in final.items() if k.startswith(("test_", "val_"))}
 
     @property

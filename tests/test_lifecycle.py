@@ -1,0 +1,183 @@
+"""Run lifecycle: failures, Ctrl-C, SIGTERM and divergence end runs truthfully; runs resume exactly."""
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from archbench import app
+from archbench.train import Trainer
+from conftest import ROOT, all_runs, compose_job, small, store
+
+
+def only_run(tmp_path):
+    (run,) = all_runs(tmp_path)
+    return run
+
+
+def steps(tmp_path, run, key="train_loss"):
+    return [m.step for m in store(tmp_path).get_metric_history(run.info.run_id, key)]
+
+
+def stop_at_epoch(monkeypatch, epoch, error):
+    real = Trainer.train_one_epoch
+
+    def train_one_epoch(self, x, y, e):
+        if e == epoch:
+            raise error
+        return real(self, x, y, e)
+
+    monkeypatch.setattr(Trainer, "train_one_epoch", train_one_epoch)
+
+
+def test_exception_marks_the_run_failed_and_keeps_its_metrics(tmp_path, monkeypatch):
+    stop_at_epoch(monkeypatch, 2, RuntimeError("disk on fire"))
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        app.main(compose_job(tmp_path, "train.epochs=3"))
+    run = only_run(tmp_path)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["archbench.error"] == "RuntimeError: disk on fire"
+    assert steps(tmp_path, run) == [1]
+    path = store(tmp_path).download_artifacts(run.info.run_id, "error.txt", str(tmp_path))
+    assert "Traceback" in open(path).read()
+
+
+def test_ctrl_c_marks_the_run_killed(tmp_path, monkeypatch):
+    stop_at_epoch(monkeypatch, 2, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        app.main(compose_job(tmp_path, "train.epochs=3"))
+    run = only_run(tmp_path)
+    assert run.info.status == "KILLED" and steps(tmp_path, run) == [1]
+
+
+def test_nan_loss_fails_the_run_at_once(tmp_path):
+    with pytest.raises(SystemExit, match=r"error: training loss became nan at epoch 1, batch \d+"):
+        app.main(compose_job(tmp_path, "optimizer.lr=1e5", "train.epochs=3"))
+    run = only_run(tmp_path)
+    assert run.info.status == "FAILED" and "optimizer.lr (now 100000.0)" in run.data.tags["archbench.error"]
+    assert steps(tmp_path, run) == []
+
+
+def test_a_failed_job_leaves_nothing_open_for_the_next(tmp_path, monkeypatch):
+    stop_at_epoch(monkeypatch, 1, RuntimeError("first job dies"))
+    with pytest.raises(RuntimeError):
+        app.main(compose_job(tmp_path))
+    monkeypatch.undo()
+    app.main(compose_job(tmp_path, "activation=tanh"))
+    assert sorted(r.info.status for r in all_runs(tmp_path)) == ["FAILED", "FINISHED"]
+
+
+def final_metrics(tmp_path, run_id):
+    run = store(tmp_path).get_run(run_id)
+    history = [m.value for m in store(tmp_path).get_metric_history(run_id, "train_loss")]
+    keep = ("test_accuracy", "test_loss", "train_accuracy", "train_loss")
+    return {k: run.data.metrics[k] for k in keep}, sorted(history)
+
+
+def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    args = ("train.epochs=3", "optimizer=adam", "model=cnn3", "dataset.train_size=400")
+    app.main(compose_job(tmp_path / "a", *args))
+    reference = only_run(tmp_path / "a")
+
+    stop_at_epoch(monkeypatch, 3, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        app.main(compose_job(tmp_path / "b", *args))
+    monkeypatch.undo()
+    killed = only_run(tmp_path / "b")
+    assert killed.info.status == "KILLED" and steps(tmp_path / "b", killed) == [1, 2]
+    app.main(compose_job(tmp_path / "b", f"resume={killed.info.run_id}"))
+    resumed = only_run(tmp_path / "b")
+    assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
+    assert steps(tmp_path / "b", resumed) == [1, 2, 3]
+    assert final_metrics(tmp_path / "b", resumed.info.run_id) == final_metrics(
+        tmp_path / "a", reference.info.run_id
+    )
+
+
+def test_resume_refuses_what_it_cannot_resume(tmp_path):
+    app.main(compose_job(tmp_path))
+    done = only_run(tmp_path).info.run_id
+    with pytest.raises(SystemExit, match=f"error: resume={done}: that run already finished"):
+        app.main(compose_job(tmp_path, f"resume={done}"))
+    with pytest.raises(SystemExit, match="error: resume=0123abc: no such run"):
+        app.main(compose_job(tmp_path, "resume=0123abc"))
+
+
+def test_same_seed_same_numbers(tmp_path):
+    args = ("train.epochs=2", "model=cnn3", "dataset.train_size=400")
+    app.main(compose_job(tmp_path / "a", *args))
+    app.main(compose_job(tmp_path / "b", *args))
+    first, second = only_run(tmp_path / "a"), only_run(tmp_path / "b")
+    assert final_metrics(tmp_path / "a", first.info.run_id) == final_metrics(
+        tmp_path / "b", second.info.run_id
+    )
+    app.main(compose_job(tmp_path / "c", *args, "seed=1"))
+    third = only_run(tmp_path / "c")
+    assert final_metrics(tmp_path / "c", third.info.run_id) != final_metrics(
+        tmp_path / "a", first.info.run_id
+    )
+
+
+# --- real signals to a real process ----------------------------------------------------------
+
+SLOW = ["model.hidden_sizes=[1024,1024]", "dataset.train_size=8000", "train.epochs=4"]
+
+
+def start(tmp_path, *args):
+    flags = [a for a in args if a.startswith("-")]
+    cmd = [sys.executable, "run.py", *flags, *small(tmp_path), *(a for a in args if a not in flags)]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def epochs_logged(db) -> int:
+    """Read-only, with sqlite3: an MlflowClient here would race the job's own schema migration."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            return conn.execute("SELECT COUNT(*) FROM metrics WHERE key = 'train_loss'").fetchone()[0]
+    except sqlite3.OperationalError:  # no database or no table yet
+        return 0
+
+
+def wait_for_epoch(tmp_path, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if epochs_logged(tmp_path / "mlruns" / "mlflow.db"):
+            return [r for r in all_runs(tmp_path) if steps(tmp_path, r)][0]
+        time.sleep(0.05)
+    raise AssertionError(f"no epoch finished: {process.communicate()}")
+
+
+@pytest.mark.slow
+def test_sigterm_marks_killed_and_resume_finishes_it_exactly(tmp_path):
+    process = start(tmp_path / "a", *SLOW)
+    run = wait_for_epoch(tmp_path / "a", process)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert "interrupted (stopped by SIGTERM)" in err
+    killed = store(tmp_path / "a").get_run(run.info.run_id)
+    assert killed.info.status == "KILLED" and steps(tmp_path / "a", killed)[0] == 1
+    assert killed.data.tags["archbench.error"] == "Terminated: stopped by SIGTERM"
+
+    resume = start(tmp_path / "a", f"resume={run.info.run_id}")
+    assert resume.wait(timeout=180) == 0, resume.communicate()
+    reference = start(tmp_path / "b", *SLOW)
+    assert reference.wait(timeout=180) == 0, reference.communicate()
+    (ref,) = all_runs(tmp_path / "b")
+    assert store(tmp_path / "a").get_run(run.info.run_id).info.status == "FINISHED"
+    assert steps(tmp_path / "a", run) == [1, 2, 3, 4]
+    assert final_metrics(tmp_path / "a", run.info.run_id) == final_metrics(tmp_path / "b", ref.info.run_id)
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_sweep_closes_parent_and_job(tmp_path):
+    process = start(tmp_path, "-m", *SLOW, "activation=relu,tanh")
+    wait_for_epoch(tmp_path, process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    statuses = {r.info.run_name.split("-")[0]: r.info.status for r in all_runs(tmp_path)}
+    assert statuses == {"sweep": "KILLED", "mlp": "KILLED"}
