@@ -148,7 +148,7 @@ def restore(state: dict, model: torch.nn.Module, trainer: Trainer) -> int:
 
 
 def job_overrides() -> list[str]:
-    return list(OmegaConf.to_container(HydraConfig.get().overrides.task))
+    return tracking.redact_overrides(OmegaConf.to_container(HydraConfig.get().overrides.task))
 
 
 def sweep_dir() -> Path | None:

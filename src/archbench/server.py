@@ -1,10 +1,8 @@
 """A team MLflow tracking server: runs in PostgreSQL, artifacts in one folder or bucket, on loopback.
 
-python -m archbench.server --backend-store-uri postgresql+psycopg2://user:pass@127.0.0.1:5432/mlflow
-ARCHBENCH_BACKEND_STORE_URI=postgresql+psycopg2://... make server   # the same, from the environment
-make server HOST=0.0.0.0 ARGS="--workers 8"                           # share it beyond this machine
-
-Name the driver (+psycopg2, the `server` extra's): SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3.
+python -m archbench.server --backend-store-uri postgresql://user:pass@127.0.0.1:5432/mlflow
+ARCHBENCH_BACKEND_STORE_URI=postgresql://... make server   # the same, from the environment
+make server HOST=0.0.0.0 ARGS="--workers 8"                  # share it beyond this machine
 
 Clients then point at it with `tracking.uri=http://HOST:PORT` or MLFLOW_TRACKING_URI.
 """

@@ -37,7 +37,7 @@ class MlflowSweep(Callback):
         experiment = tracking.experiment_id(mlflow_client, config.tracking.experiment)
         picked = config.hydra.runtime.choices
         preset = next((picked[g] for g in PRESET_GROUPS if picked.get(g)), None)
-        overrides = " ".join(OmegaConf.to_container(config.hydra.overrides.task))
+        overrides = " ".join(tracking.redact_overrides(OmegaConf.to_container(config.hydra.overrides.task)))
         run = mlflow_client.create_run(
             experiment,
             run_name=f"sweep-{preset or sweep_dir.parent.name + '-' + sweep_dir.name}",
@@ -66,7 +66,7 @@ class MlflowSweep(Callback):
             return
         error = job_return._return_value  # the exception; the public getter re-raises it
         record = {
-            "overrides": job_return.overrides,
+            "overrides": tracking.redact_overrides(job_return.overrides),
             "choices": {g: str(config.hydra.runtime.choices.get(g)) for g in report.GROUPS},
             "error": f"{type(error).__name__}: {error}",
         }

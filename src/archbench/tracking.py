@@ -5,6 +5,7 @@ leak from a failed job into the next one that the same process runs.
 """
 
 import logging
+import os
 import re
 import signal
 import tempfile
@@ -32,10 +33,24 @@ def redact(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def redact_overrides(overrides: list[str]) -> list[str]:
+    """Command-line overrides fit to record: any URI's password replaced by ***."""
+    return [re.sub(r"(?<==)(\w[\w+.-]*://\S+)", lambda m: redact(m.group(1)), o) for o in overrides]
+
+
 def client(uri: str):
-    """An MlflowClient on `uri`, creating a local SQLite store's folder first."""
+    """An MlflowClient on `uri`, creating a local SQLite store's folder first.
+
+    A server's user and password move from the URI to MLflow's own variables, so that MLflow's
+    messages (it prints "View run ... at: <uri>") never show them.
+    """
     import mlflow
 
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https") and parts.password is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = parts.username or ""
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = parts.password
+        uri = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger("alembic").setLevel(logging.WARNING)

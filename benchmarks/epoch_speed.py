@@ -1,0 +1,161 @@
+"""Epoch speed, side by side in one process: the course's textbook loop vs archbench's trainer.
+
+    python benchmarks/epoch_speed.py                          # Fashion-MNIST, mlp cnn2 cnn3
+    python benchmarks/epoch_speed.py --data synthetic --train-size 2000 --repeats 1
+
+Both loops train the same model (same init), on the same images, with the same batch size,
+optimiser, learning rate and thread count. The textbook loop is the course's benchmark():
+torchvision's FashionMNIST dataset, ToTensor + Normalize per sample, a shuffling DataLoader and
+per-batch `.item()` calls. The arithmetic bound is 3 x forward FLOPs (torchinfo's mult-adds x 2)
+x samples, at the float32 matmul rate measured here, now.
+"""
+
+import argparse
+import gzip
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchinfo
+import torchvision
+from torch import nn
+from torchvision import transforms
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from archbench.data import IdxSource, prepare  # noqa: E402
+from archbench.models import CNN, MLP  # noqa: E402
+from archbench.train import Trainer  # noqa: E402
+
+MODELS = {  # as conf/model/*.yaml, with ReLU
+    "mlp": lambda: MLP([1, 28, 28], [100], 10, nn.ReLU),
+    "mlp_deep": lambda: MLP([1, 28, 28], [100, 50], 10, nn.ReLU),
+    "cnn1": lambda: CNN([1, 28, 28], [32], 5, 2, 2, False, 10, nn.ReLU),
+    "cnn2": lambda: CNN([1, 28, 28], [16, 32], 5, 2, 2, False, 10, nn.ReLU),
+    "cnn3": lambda: CNN([1, 28, 28], [16, 32], 5, 2, 2, True, 10, nn.ReLU),
+}
+NAMES = IdxSource.FILES
+
+
+def stage_data(args, root: Path) -> Path:
+    """root/FashionMNIST/raw with the four IDX files, extracted as torchvision wants them."""
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    if args.data == "synthetic":
+        g = torch.Generator().manual_seed(0)
+        prototypes = torch.rand(10, 28, 28, generator=g) * 255
+        for split, n in (("train", args.train_size), ("test", max(args.train_size // 6, 100))):
+            y = torch.randint(10, (n,), generator=g)
+            x = (prototypes[y] + 60 * torch.randn(n, 28, 28, generator=g)).clamp(0, 255).to(torch.uint8)
+            for name, t in zip(NAMES[split], (x, y.to(torch.uint8)), strict=True):
+                header = bytes([0, 0, 8, t.dim()]) + b"".join(d.to_bytes(4, "big") for d in t.shape)
+                (raw / name).write_bytes(header + t.numpy().tobytes())
+        return root
+    source = IdxSource("fashion_mnist", "FashionMNIST", "/usr/share/datasets/fashion-mnist", [1, 28, 28], 10)
+    found = source.find(Path("data"))
+    if found is None:
+        sys.exit("Fashion-MNIST not found: sudo apt-get install dataset-fashion-mnist, or --data synthetic")
+    for base, path in found.items():
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        (raw / base).write_bytes(data)
+    return root
+
+
+def textbook_epoch(model, loader, optimizer, criterion) -> float:
+    """The course's benchmark() loop, one epoch; returns seconds."""
+    tic = time.perf_counter()
+    model.train()
+    total, correct, running = 0, 0, 0.0
+    for images, labels in loader:
+        optimizer.zero_grad()
+        outputs = model(images)
+        loss = criterion(outputs, labels)
+        loss.backward()
+        optimizer.step()
+        running += loss.item()
+        correct += (outputs.argmax(1) == labels).sum().item()
+        total += labels.size(0)
+    return time.perf_counter() - tic
+
+
+def archbench_epoch(trainer: Trainer, data) -> float:
+    tic = time.perf_counter()
+    trainer.train_one_epoch(data.x_train, data.y_train, 1)
+    return time.perf_counter() - tic
+
+
+def matmul_peak(seconds: float = 1.0, n: int = 2048) -> float:
+    """Float32 FLOP/s of an n x n matmul on this machine, now."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    count, tic = 0, time.perf_counter()
+    while time.perf_counter() - tic < seconds:
+        a @ b
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - tic)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["mlp", "cnn2", "cnn3"], choices=list(MODELS))
+    parser.add_argument("--data", choices=["fashion_mnist", "synthetic"], default="fashion_mnist")
+    parser.add_argument("--train-size", type=int, default=6000, help="samples, with --data synthetic")
+    parser.add_argument("--repeats", type=int, default=3, help="timed epochs of each loop per model")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench/epoch_speed.md"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = stage_data(args, Path(tmp))
+        tv = torchvision.datasets.FashionMNIST(root, train=True)
+        mean, std = (tv.data.float() / 255).mean().item(), (tv.data.float() / 255).std().item()
+        tv.transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((mean,), (std,))])
+        loader = torch.utils.data.DataLoader(tv, batch_size=args.batch_size, shuffle=True)
+        source = IdxSource("bench", "FashionMNIST", None, [1, 28, 28], 10)
+        data = prepare(source.load(Path(tmp)), torch.device("cpu"), 0.0, 0)
+        n = len(data.x_train)
+        peak = matmul_peak()
+        rows = []
+        for name in args.models:
+            times = {"textbook": [], "archbench": []}
+            models = {}
+            for kind in times:
+                torch.manual_seed(0)
+                models[kind] = MODELS[name]()
+            optimizers = {k: torch.optim.SGD(m.parameters(), lr=args.lr) for k, m in models.items()}
+            trainer = Trainer(models["archbench"], optimizers["archbench"], nn.CrossEntropyLoss(),
+                              args.batch_size, torch.Generator().manual_seed(0), progress=False)
+            archbench_epoch(trainer, data)  # warm-up: first-touch allocations, oneDNN primitive caches
+            for _ in range(args.repeats):  # interleaved, so drifting machine load hits both alike
+                times["textbook"].append(textbook_epoch(models["textbook"], loader, optimizers["textbook"],
+                                                        nn.CrossEntropyLoss()))
+                times["archbench"].append(archbench_epoch(trainer, data))
+            macs = torchinfo.summary(models["archbench"], input_size=(1, 1, 28, 28), verbose=0).total_mult_adds
+            bound = 3 * 2 * macs * n / peak
+            textbook, ours = (statistics.median(times[k]) for k in ("textbook", "archbench"))
+            rows.append((name, textbook, ours, textbook / ours, bound, bound / ours))
+            print(f"{name}: textbook {textbook:.2f} s, archbench {ours:.3f} s", file=sys.stderr)
+
+    lines = [
+        f"Epoch of {n:,} samples ({args.data}), batch {args.batch_size}, SGD lr {args.lr}, "
+        f"{args.threads} threads, median of {args.repeats}; matmul peak {peak / 1e9:.0f} GFLOP/s",
+        "",
+        "| model | textbook loop (s) | archbench (s) | speed-up | arithmetic bound (s) | fraction of bound |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {m} | {t:.2f} | {o:.3f} | {r:.1f}x | {b:.3f} | {f:.2f} |" for m, t, o, r, b, f in rows]
+    table = "\n".join(lines) + "\n"
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(table)
+    print(f"written to {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
