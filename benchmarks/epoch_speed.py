@@ -4,7 +4,8 @@
     python benchmarks/epoch_speed.py --data synthetic --train-size 2000 --repeats 1
 
 Both loops train the same model (same init), on the same images, with the same batch size,
-optimiser, learning rate and thread count. The textbook loop is the course's benchmark():
+optimiser, learning rate and thread count. "archbench" is the trainer with its defaults (fp32 on CPU, NHWC for CNNs); the last
+columns repeat it with bf16 autocast (train.amp=true). The textbook loop is the course's benchmark():
 torchvision's FashionMNIST dataset, ToTensor + Normalize per sample, a shuffling DataLoader and
 per-batch `.item()` calls. The arithmetic bound is 3 x forward FLOPs (torchinfo's mult-adds x 2)
 x samples, at the float32 matmul rate measured here, now.
@@ -28,7 +29,7 @@ from torchvision import transforms
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from archbench.data import IdxSource, prepare  # noqa: E402
 from archbench.models import CNN, MLP  # noqa: E402
-from archbench.train import Trainer  # noqa: E402
+from archbench.train import Trainer, place  # noqa: E402
 
 MODELS = {  # as conf/model/*.yaml, with ReLU
     "mlp": lambda: MLP([1, 28, 28], [100], 10, nn.ReLU),
@@ -123,33 +124,51 @@ def main(argv=None) -> None:
         peak = matmul_peak()
         rows = []
         for name in args.models:
-            times = {"textbook": [], "archbench": []}
-            models = {}
+            times = {"textbook": [], "archbench": [], "bf16": []}
+            models, trainers = {}, {}
             for kind in times:
                 torch.manual_seed(0)
                 models[kind] = MODELS[name]()
             optimizers = {k: torch.optim.SGD(m.parameters(), lr=args.lr) for k, m in models.items()}
-            trainer = Trainer(models["archbench"], optimizers["archbench"], nn.CrossEntropyLoss(),
-                              args.batch_size, torch.Generator().manual_seed(0), progress=False)
-            archbench_epoch(trainer, data)  # warm-up: first-touch allocations, oneDNN primitive caches
-            for _ in range(args.repeats):  # interleaved, so drifting machine load hits both alike
-                times["textbook"].append(textbook_epoch(models["textbook"], loader, optimizers["textbook"],
-                                                        nn.CrossEntropyLoss()))
-                times["archbench"].append(archbench_epoch(trainer, data))
-            macs = torchinfo.summary(models["archbench"], input_size=(1, 1, 28, 28), verbose=0).total_mult_adds
+            for kind, amp in (("archbench", "auto"), ("bf16", True)):  # archbench's defaults, then amp=true
+                models[kind] = place(models[kind], data, channels_last=True)
+                trainers[kind] = Trainer(
+                    models[kind],
+                    optimizers[kind],
+                    nn.CrossEntropyLoss(),
+                    args.batch_size,
+                    torch.Generator().manual_seed(0),
+                    amp=amp,
+                    progress=False,
+                )
+                archbench_epoch(trainers[kind], data)  # warm-up: first-touch allocations, oneDNN caches
+            for _ in range(args.repeats):  # interleaved, so drifting machine load hits all alike
+                times["textbook"].append(
+                    textbook_epoch(models["textbook"], loader, optimizers["textbook"], nn.CrossEntropyLoss())
+                )
+                times["archbench"].append(archbench_epoch(trainers["archbench"], data))
+                times["bf16"].append(archbench_epoch(trainers["bf16"], data))
+            macs = torchinfo.summary(MODELS[name](), input_size=(1, 1, 28, 28), verbose=0).total_mult_adds
             bound = 3 * 2 * macs * n / peak
-            textbook, ours = (statistics.median(times[k]) for k in ("textbook", "archbench"))
-            rows.append((name, textbook, ours, textbook / ours, bound, bound / ours))
-            print(f"{name}: textbook {textbook:.2f} s, archbench {ours:.3f} s", file=sys.stderr)
+            textbook, ours, bf16 = (statistics.median(times[k]) for k in times)
+            rows.append((name, textbook, ours, textbook / ours, bound, bound / ours, bf16, textbook / bf16))
+            print(
+                f"{name}: textbook {textbook:.2f} s, archbench {ours:.3f} s, bf16 {bf16:.3f} s",
+                file=sys.stderr,
+            )
 
     lines = [
         f"Epoch of {n:,} samples ({args.data}), batch {args.batch_size}, SGD lr {args.lr}, "
         f"{args.threads} threads, median of {args.repeats}; matmul peak {peak / 1e9:.0f} GFLOP/s",
         "",
-        "| model | textbook loop (s) | archbench (s) | speed-up | arithmetic bound (s) | fraction of bound |",
-        "|---|---|---|---|---|---|",
+        "| model | textbook loop (s) | archbench (s) | speed-up | fp32 arithmetic bound (s) | fraction of bound "
+        "| archbench, train.amp=true (s) | speed-up |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {m} | {t:.2f} | {o:.3f} | {r:.1f}x | {b:.3f} | {f:.2f} |" for m, t, o, r, b, f in rows]
+    lines += [
+        f"| {m} | {t:.2f} | {o:.3f} | {r:.1f}x | {b:.3f} | {f:.2f} | {h:.3f} | {hr:.1f}x |"
+        for m, t, o, r, b, f, h, hr in rows
+    ]
     table = "\n".join(lines) + "\n"
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)

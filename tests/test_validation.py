@@ -28,7 +28,8 @@ CASES = [
     (["model=cnn2", "model.channels=[16,-4]"], "model.channels must be a non-empty list of integers >= 1"),
     (["model=cnn2", "model.channels=[]"], "model.channels must be a non-empty list of integers >= 1, got []"),
     (["device=gpu"], "device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
-    (["train.amp=maybe"], "train.amp must be true or false, got 'maybe'"),
+    (["train.amp=maybe"], "train.amp must be auto, true or false, got 'maybe'"),
+    (["train.compile=1"], "train.compile must be true or false, got 1"),
     (["mode=serve"], "mode must be one of train, inspect, got 'serve'"),
     (
         ["model=cnn2", "dataset.input_shape=[1,2,2]"],

@@ -15,7 +15,7 @@ from archbench import tracking
 from archbench.config import validate
 from archbench.data import prepare
 from archbench.summary import breakdown, model_summary, parameter_counts
-from archbench.train import Trainer
+from archbench.train import Trainer, place
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,7 @@ def run_job(cfg: DictConfig) -> float | None:
     data = prepare(
         instantiate(cfg.dataset).load(Path(cfg.data_dir)), device, cfg.train.val_fraction, cfg.seed
     )
-    channels_last = cfg.train.channels_last and device.type == "cuda" and data.x_train.dim() == 4
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
-    if channels_last:
-        data.x_train, data.x_test = (
-            x.contiguous(memory_format=memory_format) for x in (data.x_train, data.x_test)
-        )
+    model = place(model, data, cfg.train.channels_last)
     trainer = Trainer(
         model=torch.compile(model) if cfg.train.compile else model,
         optimizer=instantiate(cfg.optimizer)(model.parameters()),

@@ -134,7 +134,9 @@ def validate(cfg: DictConfig) -> torch.device:
     _number(cfg, "train.batch_size", low=1, integer=True)
     _number(cfg, "train.val_fraction", low=0, high=1)
     _number(cfg, "train.threads", low=1, integer=True, optional=True)
-    for flag in ("amp", "channels_last", "cudnn_benchmark", "compile", "checkpoint", "progress"):
+    if cfg.train.amp not in (True, False, "auto"):
+        raise ConfigError(f"train.amp must be auto, true or false, got {cfg.train.amp!r}")
+    for flag in ("channels_last", "cudnn_benchmark", "compile", "checkpoint", "progress"):
         if not isinstance(cfg.train[flag], bool):
             raise ConfigError(f"train.{flag} must be true or false, got {cfg.train[flag]!r}")
     if not isinstance(cfg.deterministic, bool):

@@ -44,39 +44,43 @@ class Trainer:
     criterion: nn.Module
     batch_size: int
     generator: torch.Generator  # shuffling, kept apart from the global RNG so a resume can restore it
-    amp: bool = False  # bf16 autocast (CUDA)
+    amp: bool | str = "auto"  # bf16 autocast: auto = on CUDA only, true = wherever supported
     progress: bool = True
     check_every: int = 100  # batches between finite-loss checks
 
     def autocast(self, device: torch.device):
-        if self.amp and device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.amp is True or (self.amp == "auto" and device.type == "cuda"):
+            return torch.autocast(device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     def train_one_epoch(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[float, float]:
         """One pass over (x, y) in a fresh random order; returns mean loss and accuracy."""
         self.model.train()
         order = torch.randperm(len(x), device=x.device, generator=self.generator)
-        loss_sum = torch.zeros((), device=x.device)
-        correct = torch.zeros((), device=x.device, dtype=torch.long)
+        # Per batch only what cannot wait: the loss kept as a device tensor, the predictions
+        # written into their slot. Both are reduced once, after the epoch.
+        losses = []
+        predicted = torch.empty_like(y)
         starts = range(0, len(x), self.batch_size)
         for step, start in enumerate(tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=self._quiet)):
             idx = order[start : start + self.batch_size]
-            xb, yb = x[idx], y[idx]
+            xb, yb = x.index_select(0, idx), y.index_select(0, idx)  # cheaper than x[idx]
             with self.autocast(x.device):
                 out = self.model(xb)
                 loss = self.criterion(out, yb)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            loss_sum += loss.detach() * len(idx)
-            correct += (out.argmax(1) == yb).sum()
+            losses.append(loss.detach())
+            torch.argmax(out.detach(), 1, out=predicted[start : start + self.batch_size])
             if step % self.check_every == 0 and not math.isfinite(loss.item()):
                 raise Diverged(self._diverged(loss.item(), epoch, step))
-        mean_loss = loss_sum.item() / len(x)
+        sizes = torch.full((len(losses),), float(self.batch_size), device=x.device)
+        sizes[-1] = len(x) - self.batch_size * (len(losses) - 1)
+        mean_loss = float(torch.stack(losses).float() @ sizes) / len(x)
         if not math.isfinite(mean_loss):
             raise Diverged(self._diverged(mean_loss, epoch, len(starts) - 1))
-        return mean_loss, correct.item() / len(x)
+        return mean_loss, (predicted == y.index_select(0, order)).sum().item() / len(x)
 
     @torch.inference_mode()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 10_000) -> tuple[float, float]:
@@ -133,6 +137,22 @@ class Trainer:
             f"training loss became {value} at epoch {epoch}, batch {step + 1}: "
             f"the run diverged; try a smaller optimizer.lr (now {lr})"
         )
+
+
+def place(model: nn.Module, data: Splits, channels_last: bool) -> nn.Module:
+    """The model on the data's device; conv nets and their inputs in NHWC if `channels_last`.
+
+    NHWC is what cuDNN's and oneDNN's fast convolution kernels want: on a 2-core Xeon (AVX-512)
+    it cut a cnn2 epoch from 8.0 to 6.8 s. MLPs stay as they are (flattening NHWC costs a copy).
+    """
+    device = data.x_train.device
+    if not (channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules())):
+        return model.to(device)
+    for name in ("x_train", "x_test", "x_val"):
+        x = getattr(data, name)
+        if x is not None:
+            setattr(data, name, x.contiguous(memory_format=torch.channels_last))
+    return model.to(device, memory_format=torch.channels_last)
 
 
 def _sync(device: torch.device) -> None:
