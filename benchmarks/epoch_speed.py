@@ -4,11 +4,12 @@
     python benchmarks/epoch_speed.py --data synthetic --train-size 2000 --repeats 1
 
 Both loops train the same model (same init), on the same images, with the same batch size,
-optimiser, learning rate and thread count. "archbench" is the trainer with its defaults (fp32 on CPU, NHWC for CNNs); the last
-columns repeat it with bf16 autocast (train.amp=true). The textbook loop is the course's benchmark():
-torchvision's FashionMNIST dataset, ToTensor + Normalize per sample, a shuffling DataLoader and
-per-batch `.item()` calls. The arithmetic bound is 3 x forward FLOPs (torchinfo's mult-adds x 2)
-x samples, at the float32 matmul rate measured here, now.
+optimiser, learning rate and thread count. "archbench" is the trainer with its defaults (fp32
+on CPU, NHWC for CNNs); the last columns repeat it with bf16 autocast (train.amp=true).
+The textbook loop is the course's benchmark(): torchvision's FashionMNIST dataset, ToTensor
+and Normalize per sample, a shuffling DataLoader and per-batch `.item()` calls.
+The arithmetic bound is 3 x forward FLOPs (torchinfo's mult-adds x 2) x samples, at the
+float32 matmul rate measured here, now.
 """
 
 import argparse
@@ -161,8 +162,8 @@ def main(argv=None) -> None:
         f"Epoch of {n:,} samples ({args.data}), batch {args.batch_size}, SGD lr {args.lr}, "
         f"{args.threads} threads, median of {args.repeats}; matmul peak {peak / 1e9:.0f} GFLOP/s",
         "",
-        "| model | textbook loop (s) | archbench (s) | speed-up | fp32 arithmetic bound (s) | fraction of bound "
-        "| archbench, train.amp=true (s) | speed-up |",
+        "| model | textbook loop (s) | archbench (s) | speed-up | fp32 arithmetic bound (s) "
+        "| fraction of bound | archbench, train.amp=true (s) | speed-up |",
         "|---|---|---|---|---|---|---|---|",
     ]
     lines += [
