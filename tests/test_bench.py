@@ -1,0 +1,40 @@
+"""The benchmarks run (on small synthetic data); their figures are for the README, not asserted."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def bench(script, tmp_path, *args):
+    out = tmp_path / "table.md"
+    cmd = [sys.executable, f"benchmarks/{script}", "--data", "synthetic", "--out", str(out), *args]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert out.read_text() in result.stdout
+    return out.read_text()
+
+
+def test_epoch_speed_runs(tmp_path):
+    table = bench(
+        "epoch_speed.py", tmp_path, "--train-size", "600", "--repeats", "1", "--models", "mlp", "cnn2"
+    )
+    number = r"\d+\.\d+"
+    for model in ("mlp", "cnn2"):
+        assert re.search(
+            rf"\| {model} \| {number} \| {number} \| {number}x \| {number} \| {number} \|", table
+        )
+    assert "matmul peak" in table
+
+
+def test_accuracy_parity_runs(tmp_path):
+    args = ["--train-size", "600", "--epochs", "1", "--seeds", "0", "1", "--configs", "mlp-tanh", "cnn3-relu"]
+    table = bench("accuracy_parity.py", tmp_path, *args)
+    acc = r"[01]\.\d{4}"
+    assert re.search(rf"\| mlp-tanh \| {acc} ± {acc} \({acc}, {acc}\) \| {acc} ± ", table)
+    assert "| cnn3-relu |" in table

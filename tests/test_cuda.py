@@ -1,0 +1,27 @@
+"""The CUDA path: bf16 autocast, NHWC, cuDNN benchmark. Skipped where there is no CUDA device."""
+
+import pytest
+import torch
+
+from archbench.app import main
+from conftest import all_runs, compose_job
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine"),
+]
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn3"])
+def test_trains_on_cuda_with_the_fast_options(tmp_path, model):
+    accuracy = main(compose_job(tmp_path, f"model={model}", "device=cuda", "train.epochs=2"))
+    (run,) = all_runs(tmp_path)
+    assert run.info.status == "FINISHED" and run.data.tags["device"].startswith("cuda")
+    assert run.data.params["train.amp"] == "auto" and accuracy > 0.5
+
+
+def test_deterministic_cuda_runs_repeat(tmp_path):
+    args = ("model=cnn3", "device=cuda", "deterministic=true", "train.epochs=1")
+    first = main(compose_job(tmp_path / "a", *args))
+    second = main(compose_job(tmp_path / "b", *args))
+    assert first == second
