@@ -33,28 +33,15 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def run_job(cfg: DictConfig) -> float | None:
-    state = None
-    if cfg.resume:
-        cfg, state = tracking.resume_point(cfg)
-    device = validate(cfg)
-    threads = cfg.train.threads or default_threads()
-    with open_dict(cfg):
-        cfg.train.threads = threads  # logged as used: the thread count changes float results
-    torch.set_num_threads(threads)
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark and not cfg.deterministic
-    torch.manual_seed(cfg.seed)
+    cfg, state = tracking.resume_point(cfg) if cfg.resume else (cfg, None)
+    device = configure(cfg)
     model = instantiate(cfg.model)
     if cfg.mode == "inspect":
         print(model_summary(model, cfg.model.input_shape))  # one sample, as the course shows it
         print(breakdown(model))
         return None
-
-    data = prepare(
-        instantiate(cfg.dataset).load(Path(cfg.data_dir)), device, cfg.train.val_fraction, cfg.seed
-    )
+    raw = instantiate(cfg.dataset).load(Path(cfg.data_dir))
+    data = prepare(raw, device, cfg.train.val_fraction, cfg.seed)
     model = place(model, data, cfg.train.channels_last)
     trainer = Trainer(
         model=torch.compile(model) if cfg.train.compile else model,
@@ -65,8 +52,27 @@ def run_job(cfg: DictConfig) -> float | None:
         amp=cfg.train.amp,
         progress=cfg.train.progress,
     )
-    counts = parameter_counts(model)
-    summary = model_summary(model, cfg.model.input_shape, cfg.train.batch_size, device)
+    return train_tracked(cfg, trainer, data, device, state)
+
+
+def configure(cfg: DictConfig) -> torch.device:
+    """Validate, then set what is process-wide: threads, determinism, the seed."""
+    device = validate(cfg)
+    threads = cfg.train.threads or default_threads()
+    with open_dict(cfg):
+        cfg.train.threads = threads  # logged as used: the thread count changes float results
+    torch.set_num_threads(threads)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(cfg.deterministic)  # also off again for the next job
+    torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark and not cfg.deterministic
+    torch.manual_seed(cfg.seed)
+    return device
+
+
+def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict | None) -> float:
+    """Train inside one MLflow run: metrics and a checkpoint per epoch, the final figures at the end."""
+    counts = parameter_counts(trainer.module)
     picked = choices()
     tags = {
         **picked,
@@ -80,23 +86,29 @@ def run_job(cfg: DictConfig) -> float | None:
     with run:
         start, spent = 1, 0.0
         if state is not None:
-            start, spent = restore(state, model, trainer), state["train_time_s"]
+            start, spent = trainer.restore(state) + 1, state["train_time_s"]
+            log.info("resuming %s after epoch %d", run.run_id, start - 1)
         else:
             run.log_config(cfg)
+            summary = model_summary(trainer.module, cfg.model.input_shape, cfg.train.batch_size, device)
             run.log_text(summary, "model_summary.txt")
-        params = {"params_total": counts["total"], "params_trainable": counts["trainable"]}
 
         def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
             nonlocal spent
             spent += metrics["epoch_time_s"]
             run.log_metrics(metrics, step=epoch)
             if cfg.train.checkpoint:
-                run.log_state(checkpoint(epoch, spent, model, trainer))
+                run.log_state({**trainer.checkpoint(epoch), "train_time_s": spent})
 
         final = trainer.fit(data, cfg.train.epochs, start_epoch=start, on_epoch_end=on_epoch_end)
-        final.update(params, train_time_s=spent)
-        run.log_metrics({**params, "train_time_s": spent}, step=cfg.train.epochs)
-        run.log_state(model.state_dict(), "model/weights.pt")
+        totals = {
+            "params_total": counts["total"],
+            "params_trainable": counts["trainable"],
+            "train_time_s": spent,
+        }
+        run.log_metrics(totals, step=cfg.train.epochs)
+        run.log_state(trainer.module.state_dict(), "model/weights.pt")
+    final.update(totals)
     log.info("%s: %s", run.name, ", ".join(f"{k}={v:.4g}" for k, v in final.items()))
     return final.get("val_accuracy", final["test_accuracy"])
 
@@ -114,31 +126,6 @@ def default_threads() -> int:
     jobs = launcher.get("n_jobs") or 1
     jobs = cores if jobs < 0 else jobs  # joblib's -1: one job per core
     return max(1, cores // jobs)
-
-
-def checkpoint(epoch: int, spent: float, model: torch.nn.Module, trainer: Trainer) -> dict:
-    """Everything needed to continue after `epoch` exactly as if never stopped."""
-    return {
-        "epoch": epoch,
-        "train_time_s": spent,
-        "model": model.state_dict(),
-        "optimizer": trainer.optimizer.state_dict(),
-        "shuffle_rng": trainer.generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-
-
-def restore(state: dict, model: torch.nn.Module, trainer: Trainer) -> int:
-    """Load a checkpoint into model and trainer; returns the epoch to continue from."""
-    model.load_state_dict(state["model"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.generator.set_state(state["shuffle_rng"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    log.info("resuming after epoch %d", state["epoch"])
-    return state["epoch"] + 1
 
 
 def job_overrides() -> list[str]:

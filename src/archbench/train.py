@@ -48,6 +48,32 @@ class Trainer:
     progress: bool = True
     check_every: int = 100  # batches between finite-loss checks
 
+    @property
+    def module(self) -> nn.Module:
+        """The model itself, not its torch.compile wrapper."""
+        return getattr(self.model, "_orig_mod", self.model)
+
+    def checkpoint(self, epoch: int) -> dict:
+        """Everything needed to continue after `epoch` exactly as if never stopped."""
+        return {
+            "epoch": epoch,
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "shuffle_rng": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def restore(self, state: dict) -> int:
+        """Load a checkpoint; returns the epoch it was taken after."""
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["shuffle_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        return state["epoch"]
+
     def autocast(self, device: torch.device):
         if self.amp is True or (self.amp == "auto" and device.type == "cuda"):
             return torch.autocast(device.type, dtype=torch.bfloat16)
