@@ -4,8 +4,10 @@ the textbook loop ("before") and by archbench's trainer ("after"), over several 
     python benchmarks/accuracy_parity.py                       # both presets, 5 epochs, seeds 0 1 2
     python benchmarks/accuracy_parity.py --configs mlp-relu --seeds 0 --epochs 1
 
-Same model init per seed, same images and normalisation, SGD lr 0.1, batch 100. The two loops
-shuffle differently, so single runs differ; the seeds give the run-to-run spread to judge by.
+Same model init per seed, same images and normalisation, SGD lr 0.1, batch 100, and the same
+batches: the textbook DataLoader draws its shuffles as archbench does (one torch.randperm per epoch
+from a generator seeded with the seed), so what remains is the data path itself, down to float
+rounding. Across seeds (init and order both change) the spread shows the run-to-run noise.
 """
 
 import argparse
@@ -34,6 +36,19 @@ ARCHITECTURES = {  # as conf/model/*.yaml
     "cnn3": lambda a: CNN([1, 28, 28], [16, 32], 5, 2, 2, True, 10, a),
 }
 PRESETS = ["mlp-relu", "mlp-tanh", "mlp-sigmoid", "mlp_deep-relu", "cnn1-relu", "cnn2-relu", "cnn3-relu"]
+
+
+class SameOrder(torch.utils.data.Sampler):
+    """Each epoch a fresh permutation, drawn exactly as archbench's Trainer draws it."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.generator = n, torch.Generator().manual_seed(seed)
+
+    def __iter__(self):
+        return iter(torch.randperm(self.n, generator=self.generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
 
 
 @torch.inference_mode()
@@ -74,7 +89,9 @@ def main(argv=None) -> None:
                 torch.manual_seed(seed)
                 model = ARCHITECTURES[arch](ACTIVATIONS[act])
                 optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-                loader = torch.utils.data.DataLoader(train, batch_size=100, shuffle=True)
+                loader = torch.utils.data.DataLoader(
+                    train, batch_size=100, sampler=SameOrder(len(train), seed)
+                )
                 for _ in range(args.epochs):
                     textbook_epoch(model, loader, optimizer, nn.CrossEntropyLoss())
                 results["textbook"].append(accuracy(model, test_loader))
