@@ -91,6 +91,7 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     app.main(compose_job(tmp_path / "b", f"resume={killed.info.run_id}"))
     resumed = only_run(tmp_path / "b")
     assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
+    assert "archbench.error" not in resumed.data.tags and resumed.data.tags["archbench.resumed"] == "1"
     assert steps(tmp_path / "b", resumed) == [1, 2, 3]
     assert final_metrics(tmp_path / "b", resumed.info.run_id) == final_metrics(
         tmp_path / "a", reference.info.run_id

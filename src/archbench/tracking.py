@@ -10,6 +10,7 @@ import re
 import signal
 import tempfile
 import threading
+import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -125,8 +126,14 @@ class Run:
 
     @classmethod
     def reopen(cls, mlflow_client, run_id: str):
+        """The same run, RUNNING again; the error that stopped it stays in error.txt."""
+        run = mlflow_client.get_run(run_id)
+        if "archbench.error" in run.data.tags:
+            mlflow_client.delete_tag(run_id, "archbench.error")
+        resumed = int(run.data.tags.get("archbench.resumed", 0)) + 1
+        mlflow_client.set_tag(run_id, "archbench.resumed", str(resumed))
         mlflow_client.update_run(run_id, status="RUNNING")
-        return cls(mlflow_client, run_id, mlflow_client.get_run(run_id).info.run_name)
+        return cls(mlflow_client, run_id, run.info.run_name)
 
     def log_params(self, params: dict[str, str]) -> None:
         from mlflow.entities import Param
@@ -142,8 +149,6 @@ class Run:
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         """All of `metrics` in one store call."""
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
