@@ -5,7 +5,8 @@
 
 Both loops train the same model (same init), on the same images, with the same batch size,
 optimiser, learning rate and thread count. "archbench" is the trainer with its defaults (fp32
-on CPU, NHWC for CNNs); the last columns repeat it with bf16 autocast (train.amp=true).
+on CPU, NHWC for CNNs, glibc told to reuse freed memory: process-wide, so the textbook loop
+gets that too); the last columns repeat it with bf16 autocast (train.amp=true).
 The textbook loop is the course's benchmark(): torchvision's FashionMNIST dataset, ToTensor
 and Normalize per sample, a shuffling DataLoader and per-batch `.item()` calls.
 The arithmetic bound is 3 x forward FLOPs (torchinfo's mult-adds x 2) x samples, at the
@@ -30,7 +31,7 @@ from torchvision import transforms
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from archbench.data import IdxSource, prepare  # noqa: E402
 from archbench.models import CNN, MLP  # noqa: E402
-from archbench.train import Trainer, place  # noqa: E402
+from archbench.train import Trainer, keep_freed_memory, place  # noqa: E402
 
 MODELS = {  # as conf/model/*.yaml, with ReLU
     "mlp": lambda: MLP([1, 28, 28], [100], 10, nn.ReLU),
@@ -112,6 +113,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/epoch_speed.md"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as run.py does; process-wide, so the textbook loop gets it too
 
     with tempfile.TemporaryDirectory() as tmp:
         root = stage_data(args, Path(tmp))

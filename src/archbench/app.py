@@ -15,7 +15,7 @@ from archbench import tracking
 from archbench.config import validate
 from archbench.data import prepare
 from archbench.summary import breakdown, model_summary, parameter_counts
-from archbench.train import Trainer, place
+from archbench.train import Trainer, keep_freed_memory, place
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ def configure(cfg: DictConfig) -> torch.device:
     with open_dict(cfg):
         cfg.train.threads = threads  # logged as used: the thread count changes float results
     torch.set_num_threads(threads)
+    keep_freed_memory()
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(cfg.deterministic)  # also off again for the next job
