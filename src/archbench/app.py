@@ -122,8 +122,10 @@ def choices() -> dict[str, str]:
 
 def default_threads() -> int:
     """The cores this process may use, shared among the jobs a parallel launcher runs at once."""
-    cores = len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0))  # on SLURM: the job's allocation
     launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
+    if launcher.get("cpus_per_task"):  # submitit: the CPUs asked for per job
+        return max(1, min(cores, launcher.cpus_per_task))
     jobs = launcher.get("n_jobs") or 1
     jobs = cores if jobs < 0 else jobs  # joblib's -1: one job per core
     return max(1, cores // jobs)

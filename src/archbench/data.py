@@ -72,6 +72,7 @@ def cached(cache: Path, sources: list[Path], decode) -> Raw:
         pass
     except Exception as e:  # unreadable cache: decode again and replace it
         log.warning("ignoring unreadable cache %s (%s)", cache, e)
+    log.info("decoding %s into %s (once; later runs read the cache)", sources[0].parent, cache)
     tensors = decode()
     tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
     try:
