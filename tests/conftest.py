@@ -1,8 +1,12 @@
 """Shared test helpers: compose the real config, shrink it, run jobs in-process or as subprocesses."""
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -57,6 +61,39 @@ def all_runs(tmp_path: Path) -> list:
     mlflow_client = store(tmp_path)
     ids = [e.experiment_id for e in mlflow_client.search_experiments()]
     return list(mlflow_client.search_runs(ids, max_results=1000)) if ids else []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_health(url: str, process: subprocess.Popen, timeout: float, log: Path | None = None) -> None:
+    """Until `url`/health answers 200; fails at once, with the log, if the server process exits."""
+    deadline = time.monotonic() + timeout
+    shown = lambda: log.read_text() if log else ""  # noqa: E731
+    while True:
+        assert process.poll() is None, f"the server exited with {process.returncode}:\n{shown()}"
+        assert time.monotonic() < deadline, f"no answer from {url}/health in {timeout} s:\n{shown()}"
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+
+
+def stop_group(process: subprocess.Popen, grace: float = 30) -> None:
+    """SIGTERM to a server started with start_new_session=True (workers too); SIGKILL after `grace` s."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace)
+    except ProcessLookupError:  # it had exited already
+        process.wait()
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 @pytest.fixture(autouse=True)

@@ -6,19 +6,15 @@ import os
 import pwd
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import ROOT, run_py, small
+from conftest import ROOT, free_port, run_py, small, stop_group, wait_for_health
 
 pytestmark = pytest.mark.postgres
 
@@ -30,12 +26,6 @@ def missing(reason: str):
     if os.environ.get("ARCHBENCH_STRICT"):
         pytest.fail(f"{reason}; ARCHBENCH_STRICT is set, so this is a failure")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny(tmp_path: Path) -> list[str]:
@@ -113,31 +103,10 @@ def server(postgres, tmp_path_factory):
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90  # creating MLflow's tables in PostgreSQL takes ~10 s
-        while True:
-            assert proc.poll() is None, f"the server exited:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"no /health from {url} in 90 s:\n{log.read_text()}"
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
+        wait_for_health(url, proc, timeout=90, log=log)  # creating MLflow's tables takes ~10 s
         yield SimpleNamespace(url=url, log=log, artifacts=folder / "artifacts", pid=proc.pid)
     finally:
-        stop(proc)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group; SIGKILL if it has not stopped in 30 s."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except ProcessLookupError:  # it had exited already
-        proc.wait()
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        stop_group(proc)
 
 
 @pytest.fixture(scope="module")

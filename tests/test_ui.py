@@ -1,12 +1,8 @@
 """End to end: a small sweep, `mlflow ui` on loopback, and headless Chromium shows the sweep's runs."""
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,7 +12,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.expected_conditions import element_to_be_clickable
 from selenium.webdriver.support.ui import WebDriverWait
 
-from conftest import all_runs, run_py
+from conftest import all_runs, free_port, run_py, stop_group, wait_for_health
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's packages: nothing is ever downloaded
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -32,25 +28,6 @@ CHROME_ARGS = (
     "--headless=new --no-sandbox --disable-gpu --disable-dev-shm-usage --disable-quic --no-first-run"
     " --disable-background-networking --disable-component-update --disable-sync --window-size=1600,1000"
 ).split()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_health(url: str, server: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout  # 7-15 s on 2 cores, most of it importing mlflow
-    while time.monotonic() < deadline:
-        assert server.poll() is None, f"mlflow ui exited with {server.returncode}"
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"mlflow ui did not answer {url}/health within {timeout} s")
 
 
 @pytest.fixture
@@ -76,18 +53,10 @@ def ui(sweep, tmp_path):
         # its own process group, so the uvicorn worker stops with it
         server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_for_health(url, server)
+            wait_for_health(url, server, timeout=60, log=tmp_path / "mlflow-ui.log")  # 7-15 s on 2 cores
             yield url
         finally:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(server.pid, sig)
-                    server.wait(timeout=10)
-                    break
-                except ProcessLookupError:
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            stop_group(server, grace=10)
 
 
 @pytest.fixture
