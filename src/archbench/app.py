@@ -12,14 +12,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from archbench import tracking
-from archbench.config import validate
+from archbench.config import GROUPS, validate
 from archbench.data import prepare
 from archbench.summary import breakdown, model_summary, parameter_counts
 from archbench.train import Trainer, keep_freed_memory, place
 
 log = logging.getLogger(__name__)
-
-GROUPS = ("model", "activation", "optimizer", "dataset", "loss")
 
 
 def main(cfg: DictConfig) -> float | None:

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from archbench.models import ShapeError, cnn_shapes
 
+GROUPS = ("model", "activation", "optimizer", "dataset", "loss")  # tagged on every run
 MODES = ("train", "inspect")
 HEADS = (None, "softmax", "log_softmax")
 

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from archbench import tracking
+from archbench.config import GROUPS
 
-GROUPS = ("model", "activation", "optimizer", "dataset", "loss")
 NUMBERS = ("test_accuracy", "val_accuracy", "train_time_s", "params_total")
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"  # as conf/config.yaml's tracking.uri
 

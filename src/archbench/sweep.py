@@ -19,6 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from archbench import report, tracking
+from archbench.config import GROUPS
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class MlflowSweep(Callback):
         error = job_return._return_value  # the exception; the public getter re-raises it
         record = {
             "overrides": tracking.redact_overrides(job_return.overrides),
-            "choices": {g: str(config.hydra.runtime.choices.get(g)) for g in report.GROUPS},
+            "choices": {g: str(config.hydra.runtime.choices.get(g)) for g in GROUPS},
             "error": f"{type(error).__name__}: {error}",
         }
         Path(config.hydra.runtime.output_dir, FAILED_FILE).write_text(json.dumps(record))
@@ -87,6 +88,10 @@ class MlflowSweep(Callback):
         rows: list[dict] = []
         try:
             rows = report.sweep_rows(mlflow_client, parent_id, failures)
+            if interrupted:  # jobs a dead launcher left RUNNING: closed before the table is written
+                for row in (r for r in rows if r["status"] == "RUNNING"):
+                    mlflow_client.set_terminated(row["run_id"], "KILLED")
+                    row["status"] = "KILLED"
             with tempfile.TemporaryDirectory() as tmp:
                 for path in report.write_all(rows, Path(tmp), title=f"sweep {sweep_dir}"):
                     mlflow_client.log_artifact(parent_id, str(path))
@@ -96,7 +101,7 @@ class MlflowSweep(Callback):
             if rows:
                 print(report.markdown(rows))
         finally:
-            status = self._status(mlflow_client, rows, failures, interrupted)
+            status = self._status(rows, failures, interrupted)
             mlflow_client.set_terminated(parent_id, status)
         for failure in failures:  # all of them: Hydra's own message names only the first
             print(f"job failed: {' '.join(failure['overrides'])}: {failure['error']}", file=sys.stderr)
@@ -106,13 +111,10 @@ class MlflowSweep(Callback):
                 file=sys.stderr,
             )
 
-    def _status(self, mlflow_client, rows: list[dict], failures: list, interrupted: bool) -> str:
-        """The parent's end state; jobs a dead launcher left RUNNING are closed as KILLED."""
-        stuck = [r for r in rows if r["status"] == "RUNNING"] if interrupted else []
-        for row in stuck:
-            mlflow_client.set_terminated(row["run_id"], "KILLED")
+    def _status(self, rows: list[dict], failures: list, interrupted: bool) -> str:
+        """The parent's end state, from how its jobs ended and how the sweep did."""
         statuses = {r["status"] for r in rows}
-        if self.signalled or stuck or "KILLED" in statuses:
+        if self.signalled or "KILLED" in statuses:
             return "KILLED"
         if interrupted or failures or statuses - {"FINISHED"}:
             return "FAILED"

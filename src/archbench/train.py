@@ -142,17 +142,18 @@ class Trainer:
             _sync(data.x_train.device)
             metrics = {"train_loss": train_loss, "train_accuracy": train_acc}
             metrics["epoch_time_s"] = time.perf_counter() - tic
-            metrics["test_loss"], metrics["test_accuracy"] = self.evaluate(data.x_test, data.y_test)
-            if data.x_val is not None:
-                metrics["val_loss"], metrics["val_accuracy"] = self.evaluate(data.x_val, data.y_val)
+            final = self.scores(data)
             if on_epoch_end:
-                on_epoch_end(epoch, metrics)
-            final = metrics
-        if not final:  # resumed after the last epoch: nothing left to train
-            final["test_loss"], final["test_accuracy"] = self.evaluate(data.x_test, data.y_test)
-            if data.x_val is not None:
-                final["val_loss"], final["val_accuracy"] = self.evaluate(data.x_val, data.y_val)
-        return {k: v for k, v in final.items() if k.startswith(("test_", "val_"))}
+                on_epoch_end(epoch, {**metrics, **final})
+        return final or self.scores(data)  # resumed after the last epoch: nothing left to train
+
+    def scores(self, data: Splits) -> dict[str, float]:
+        """Test (and validation) loss and accuracy."""
+        found = {}
+        for split, x, y in (("test", data.x_test, data.y_test), ("val", data.x_val, data.y_val)):
+            if x is not None:
+                found[f"{split}_loss"], found[f"{split}_accuracy"] = self.evaluate(x, y)
+        return found
 
     @property
     def _quiet(self) -> bool | None:
