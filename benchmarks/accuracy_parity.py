@@ -18,23 +18,14 @@ from pathlib import Path
 
 import torch
 import torchvision
-from epoch_speed import stage_data, textbook_epoch
+from epoch_speed import build, stage_data, textbook_epoch
 from torch import nn
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from archbench.data import IdxSource, prepare  # noqa: E402
-from archbench.models import CNN, MLP  # noqa: E402
 from archbench.train import Trainer, place  # noqa: E402
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
-ARCHITECTURES = {  # as conf/model/*.yaml
-    "mlp": lambda a: MLP([1, 28, 28], [100], 10, a),
-    "mlp_deep": lambda a: MLP([1, 28, 28], [100, 50], 10, a),
-    "cnn1": lambda a: CNN([1, 28, 28], [32], 5, 2, 2, False, 10, a),
-    "cnn2": lambda a: CNN([1, 28, 28], [16, 32], 5, 2, 2, False, 10, a),
-    "cnn3": lambda a: CNN([1, 28, 28], [16, 32], 5, 2, 2, True, 10, a),
-}
 PRESETS = ["mlp-relu", "mlp-tanh", "mlp-sigmoid", "mlp_deep-relu", "cnn1-relu", "cnn2-relu", "cnn3-relu"]
 
 
@@ -87,7 +78,7 @@ def main(argv=None) -> None:
             results = {"textbook": [], "archbench": []}
             for seed in args.seeds:
                 torch.manual_seed(seed)
-                model = ARCHITECTURES[arch](ACTIVATIONS[act])
+                model = build(arch, act)
                 optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
                 loader = torch.utils.data.DataLoader(
                     train, batch_size=100, sampler=SameOrder(len(train), seed)
@@ -97,7 +88,7 @@ def main(argv=None) -> None:
                 results["textbook"].append(accuracy(model, test_loader))
 
                 torch.manual_seed(seed)
-                model = place(ARCHITECTURES[arch](ACTIVATIONS[act]), data, channels_last=True)
+                model = place(build(arch, act), data, channels_last=True)
                 trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(),
                                   100, torch.Generator().manual_seed(seed), progress=False)  # fmt: skip
                 results["archbench"].append(trainer.fit(data, args.epochs)["test_accuracy"])

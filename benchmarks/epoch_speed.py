@@ -25,22 +25,25 @@ from pathlib import Path
 import torch
 import torchinfo
 import torchvision
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from torch import nn
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from archbench.data import IdxSource, prepare  # noqa: E402
-from archbench.models import CNN, MLP  # noqa: E402
 from archbench.train import Trainer, keep_freed_memory, place  # noqa: E402
 
-MODELS = {  # as conf/model/*.yaml, with ReLU
-    "mlp": lambda: MLP([1, 28, 28], [100], 10, nn.ReLU),
-    "mlp_deep": lambda: MLP([1, 28, 28], [100, 50], 10, nn.ReLU),
-    "cnn1": lambda: CNN([1, 28, 28], [32], 5, 2, 2, False, 10, nn.ReLU),
-    "cnn2": lambda: CNN([1, 28, 28], [16, 32], 5, 2, 2, False, 10, nn.ReLU),
-    "cnn3": lambda: CNN([1, 28, 28], [16, 32], 5, 2, 2, True, 10, nn.ReLU),
-}
+MODELS = ["mlp", "mlp_deep", "cnn1", "cnn2", "cnn3"]
 NAMES = IdxSource.FILES
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def build(model: str, activation: str = "relu") -> nn.Module:
+    """The network run.py builds for model=... activation=... (on Fashion-MNIST's input shape)."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={model}", f"activation={activation}"])
+    return instantiate(cfg.model)
 
 
 def stage_data(args, root: Path) -> Path:
@@ -103,7 +106,7 @@ def matmul_peak(seconds: float = 1.0, n: int = 2048) -> float:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["mlp", "cnn2", "cnn3"], choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=["mlp", "cnn2", "cnn3"], choices=MODELS)
     parser.add_argument("--data", choices=["fashion_mnist", "synthetic"], default="fashion_mnist")
     parser.add_argument("--train-size", type=int, default=6000, help="samples, with --data synthetic")
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs of each loop per model")
@@ -131,7 +134,7 @@ def main(argv=None) -> None:
             models, trainers = {}, {}
             for kind in times:
                 torch.manual_seed(0)
-                models[kind] = MODELS[name]()
+                models[kind] = build(name)
             optimizers = {k: torch.optim.SGD(m.parameters(), lr=args.lr) for k, m in models.items()}
             for kind, amp in (("archbench", "auto"), ("bf16", True)):  # archbench's defaults, then amp=true
                 models[kind] = place(models[kind], data, channels_last=True)
@@ -151,7 +154,7 @@ def main(argv=None) -> None:
                 )
                 times["archbench"].append(archbench_epoch(trainers["archbench"], data))
                 times["bf16"].append(archbench_epoch(trainers["bf16"], data))
-            macs = torchinfo.summary(MODELS[name](), input_size=(1, 1, 28, 28), verbose=0).total_mult_adds
+            macs = torchinfo.summary(build(name), input_size=(1, 1, 28, 28), verbose=0).total_mult_adds
             bound = 3 * 2 * macs * n / peak
             textbook, ours, bf16 = (statistics.median(times[k]) for k in times)
             rows.append((name, textbook, ours, textbook / ours, bound, bound / ours, bf16, textbook / bf16))
