@@ -35,7 +35,7 @@ data: ## Fashion-MNIST from Debian's dataset-fashion-mnist (installed when run a
 	else echo "Fashion-MNIST missing: sudo apt-get install dataset-fashion-mnist," \
 	  "or copy its four IDX .gz files into data/FashionMNIST/raw/"; fi
 
-run: install ## train one network: make run ARGS="model=cnn3 activation=tanh"
+run: install ## train one network, or sweep with -m: make run ARGS="model=cnn3 -m activation=relu,tanh"
 	$(PY) run.py $(ARGS)
 
 sweep-activations: install ## the course's ReLU/Tanh/Sigmoid comparison (mlp, 5 epochs)

@@ -11,6 +11,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from archbench.cli import main_argv
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
@@ -20,6 +22,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = main_argv(sys.argv[1:])  # flags anywhere among the overrides, as people type them
     try:
         main()
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM raised as archbench.tracking.Terminated

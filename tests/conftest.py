@@ -30,6 +30,13 @@ def small(tmp_path: Path) -> list[str]:
     ]
 
 
+def shrunk(tmp_path: Path, args) -> list[str]:
+    """`args` as given, then the `small` overrides for every key they leave unset (appended, as a
+    user would type them: Hydra lets the last value of a key win, so the test's own values stay)."""
+    given = {a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a and not a.startswith("-")}
+    return [*args, *(o for o in small(tmp_path) if o.split("=", 1)[0] not in given)]
+
+
 def compose_job(tmp_path: Path, *overrides: str) -> DictConfig:
     """The job config run.py would get, with HydraConfig set as in a real run."""
     with initialize(version_base="1.3", config_path="../conf"):
@@ -41,10 +48,8 @@ def compose_job(tmp_path: Path, *overrides: str) -> DictConfig:
 
 
 def run_py(tmp_path: Path, *args: str, small_job: bool = True, timeout: int = 300, env=None):
-    """`python run.py ARGS` in the project root; returns the CompletedProcess."""
-    flags = [a for a in args if a.startswith("-")]  # argparse wants them before the overrides
-    overrides = [a for a in args if not a.startswith("-")]
-    cmd = [sys.executable, "run.py", *flags, *(small(tmp_path) if small_job else []), *overrides]
+    """`python run.py ARGS` in the project root, ARGS in the order given; returns the CompletedProcess."""
+    cmd = [sys.executable, "run.py", *(shrunk(tmp_path, args) if small_job else args)]
     return subprocess.run(
         cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
     )

@@ -10,7 +10,7 @@ import pytest
 
 from archbench import app
 from archbench.train import Trainer
-from conftest import ROOT, all_runs, compose_job, small, store
+from conftest import ROOT, all_runs, compose_job, shrunk, store
 
 
 def only_run(tmp_path):
@@ -128,8 +128,7 @@ SLOW = ["model.hidden_sizes=[1024,1024]", "dataset.train_size=8000", "train.epoc
 
 
 def start(tmp_path, *args):
-    flags = [a for a in args if a.startswith("-")]
-    cmd = [sys.executable, "run.py", *flags, *small(tmp_path), *(a for a in args if a not in flags)]
+    cmd = [sys.executable, "run.py", *shrunk(tmp_path, args)]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

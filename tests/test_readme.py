@@ -1,0 +1,206 @@
+"""The README's commands are promises: every `python run.py …` and `make …` line of its ```bash blocks
+runs here as a user types it, with overrides appended that shrink it, and leaves what it promises.
+
+Each block runs top to bottom on a fresh store, as a user would type it (so `make compare` sees the
+sweeps above it). A command the README gains must get a promise below, or a reason to skip, the day
+it is written: `test_every_readme_command_has_a_promise` fails until it has one.
+"""
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, all_runs, small
+from test_lifecycle import SLOW
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass(frozen=True)
+class Promise:
+    jobs: int = 0  # job runs the command adds, every one FINISHED
+    sweeps: int = 0  # sweep parent runs it adds, FINISHED, each with its jobs as children
+    names: tuple[str, ...] = ()  # the added jobs' run names, sorted, where the README names them
+    output: tuple[str, ...] = ()  # what its standard output shows
+    resumes: bool = False  # continues the killed run it is given as <run_id>
+
+
+ACTIVATIONS = tuple(f"mlp-{a}-sgd" for a in ("relu", "sigmoid", "tanh"))
+ARCHITECTURES = tuple(f"{m}-relu-sgd" for m in ("cnn1", "cnn2", "cnn3", "mlp", "mlp_deep"))
+CARD = ("cnn3-relu-sgd", "cnn3-tanh-sgd")
+
+PROMISES = {
+    "make run": Promise(jobs=1, names=("mlp-relu-sgd",)),
+    "python run.py": Promise(jobs=1, names=("mlp-relu-sgd",)),
+    "python run.py model=cnn3 activation=tanh train.epochs=10": Promise(jobs=1, names=("cnn3-tanh-sgd",)),
+    # the design card's line, verbatim
+    "python run.py model=cnn3 -m activation=relu,tanh": Promise(jobs=2, sweeps=1, names=CARD),
+    'make run ARGS="model=cnn3 -m activation=relu,tanh"': Promise(jobs=2, sweeps=1, names=CARD),
+    "python run.py +experiment=activations": Promise(jobs=3, sweeps=1, names=ACTIVATIONS),
+    "python run.py +experiment=architectures": Promise(jobs=5, sweeps=1, names=ARCHITECTURES),
+    "python run.py +experiment=activations optimizer=adam train.epochs=1": Promise(
+        jobs=3, sweeps=1, names=tuple(n.replace("sgd", "adam") for n in ACTIVATIONS)
+    ),
+    "python run.py model=dummynet mode=inspect": Promise(output=("total", "2,512", "Conv2d")),
+    # the block's last sweep is the activations preset with Adam
+    "make compare": Promise(output=("activation=relu", "activation=tanh", "activation=sigmoid", "chart:")),
+    "python run.py resume=<run_id>": Promise(resumes=True),
+    "python run.py +experiment=architectures hydra/launcher=joblib hydra.launcher.n_jobs=4": Promise(
+        jobs=5, sweeps=1, names=ARCHITECTURES
+    ),
+    "python run.py -m hydra/launcher=submitit_local activation=relu,tanh": Promise(
+        jobs=2, sweeps=1, names=("mlp-relu-sgd", "mlp-tanh-sgd")
+    ),
+    "python run.py +search=lr_batch model=cnn2 hydra.sweeper.n_trials=30": Promise(jobs=3, sweeps=1),
+    "python run.py +search=lr_batch 'activation=choice(relu,tanh,sigmoid)'": Promise(jobs=3, sweeps=1),
+}
+
+# Commands that cannot run here, each with the reason; all are covered elsewhere where they can be.
+SKIPS = {
+    ("Two commands", "make test"): "this test runs inside it",
+    ("Running experiments", "make ui"): "serves until stopped; tests/test_ui.py drives the UI in Chromium",
+    (
+        "Scaling out",
+        "python run.py +experiment=architectures hydra/launcher=slurm hydra.launcher.partition=gpu "
+        "hydra.launcher.timeout_min=60 hydra.launcher.mem_gb=32",
+    ): "needs a SLURM cluster; tests/test_scaling.py composes the preset",
+    (
+        "Scaling out",
+        "make server",
+    ): "needs PostgreSQL at db-host; test_server.py starts one",
+    ("Scaling out", "make sweep-architectures"): "tracks to the team server at mlflow-host exported above",
+    ("Scaling out", "make compare"): "reads the team server at mlflow-host exported above",
+}
+
+TRAINING_TARGETS = {"run", "sweep-activations", "sweep-architectures", "search"}
+
+
+def readme_commands() -> list[tuple[str, str]]:
+    """(section, command) for every `python run.py`/`make` line of the README's bash blocks, in order."""
+    found, section, block = [], "", None
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if block is None:
+            if line.startswith("#"):
+                section = line.lstrip("#").strip()
+            elif line.strip() == "```bash":
+                block = ""
+            continue
+        if line.strip() == "```":
+            block = None
+            continue
+        block += line[:-1] + " " if line.endswith("\\") else line + "\n"  # join continued lines
+        if not line.endswith("\\"):
+            for part in block.split("&&"):
+                words = shlex.split(part, comments=True)
+                if words[:2] == ["python", "run.py"] or words[:1] == ["make"]:
+                    typed = re.sub(r"\s+#.*$", "", part.strip())  # as shown, without its comment
+                    found.append((section, re.sub(r"\s+", " ", typed)))
+            block = ""
+    return found
+
+
+def test_every_readme_command_has_a_promise():
+    commands = readme_commands()
+    assert "python run.py model=cnn3 -m activation=relu,tanh" in [c for _, c in commands]  # the card's
+    unknown = [c for s, c in commands if c not in PROMISES and (s, c) not in SKIPS]
+    assert not unknown, f"README commands with no promise in tests/test_readme.py: {unknown}"
+    stale = set(PROMISES) - {c for _, c in commands}
+    stale |= {k for k in SKIPS if k not in commands}
+    assert not stale, f"promises for commands the README no longer has: {stale}"
+
+
+def shrunk(words: list[str], tmp: Path, n: int) -> list[str]:
+    """The typed command plus what shrinks it: synthetic data, 1 epoch, output under tmp."""
+    shrink = [o for o in small(tmp) if not o.startswith(("tracking.uri=", "hydra.sweep.dir="))] + [
+        f"hydra.sweep.dir={tmp}/outputs/sweep-{n}",
+        "dataset.train_size=500",
+    ]
+    if any(w.startswith("+search=") for w in words):
+        shrink.append("hydra.sweeper.n_trials=3")
+    if words[0] == "python":
+        return [*words, *shrink]
+    target, assigned = words[1], dict(w.split("=", 1) for w in words[2:] if "=" in w)
+    if target in TRAINING_TARGETS:
+        assigned["ARGS"] = " ".join([assigned.get("ARGS", ""), *shrink]).strip()
+    if target == "compare":
+        assigned["ARGS"] = f"--out {tmp}/comparison"
+    return ["make", target, *(f"{k}={v}" for k, v in assigned.items())]
+
+
+def killed_run(tmp: Path, env: dict) -> str:
+    """A run stopped by SIGTERM after its first epoch, with a checkpoint: what `resume=` is for."""
+    before = {r.info.run_id for r in all_runs(tmp)} if (tmp / "mlruns").exists() else set()
+    cmd = ["python", "run.py", *SLOW, *small(tmp)]
+    process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (run_id := _first_epoch_done(tmp, before)):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    return run_id
+
+
+def _first_epoch_done(tmp: Path, before: set[str]) -> str | None:
+    """The id of a run not in `before` that has logged its first epoch."""
+    if not (tmp / "mlruns" / "mlflow.db").exists():
+        return None
+    for run in all_runs(tmp):
+        if run.info.run_id not in before and "train_loss" in run.data.metrics:
+            return run.info.run_id
+    return None
+
+
+def sections() -> list[str]:
+    seen = []
+    for section, command in readme_commands():
+        if (section, command) not in SKIPS and section not in seen:
+            seen.append(section)
+    return seen
+
+
+@pytest.mark.parametrize("section", sections())
+def test_readme_commands_do_what_they_promise(section, tmp_path):
+    # `python` is the venv's, as after `source .venv/bin/activate`; the store is this test's own
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns/mlflow.db",
+    }
+    commands = [c for s, c in readme_commands() if s == section and (s, c) not in SKIPS]
+    for n, command in enumerate(commands):
+        promise = PROMISES[command]
+        words = shlex.split(command)
+        resumed = None
+        if "resume=<run_id>" in words:
+            resumed = killed_run(tmp_path, env)
+            words = [w.replace("<run_id>", resumed) for w in words]
+        before = {r.info.run_id for r in all_runs(tmp_path)} if (tmp_path / "mlruns").exists() else set()
+        done = subprocess.run(
+            shrunk(words, tmp_path, n), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+        for text in promise.output:
+            assert text in done.stdout, f"{command}: {text!r} not in its output:\n{done.stdout[-3000:]}"
+        runs = all_runs(tmp_path) if (tmp_path / "mlruns").exists() else []
+        new = [r for r in runs if r.info.run_id not in before]
+        parents = [r for r in new if r.data.tags.get("archbench.sweep") == "parent"]
+        jobs = [r for r in new if r not in parents]
+        assert (len(jobs), len(parents)) == (promise.jobs, promise.sweeps), command
+        assert {r.info.status for r in new} <= {"FINISHED"}, command
+        if promise.names:
+            assert sorted(r.info.run_name for r in jobs) == sorted(promise.names), command
+        if parents:
+            ids = {p.info.run_id for p in parents}
+            assert all(r.data.tags.get("mlflow.parentRunId") in ids for r in jobs), command
+        if promise.resumes:
+            (run,) = [r for r in runs if r.info.run_id == resumed]
+            assert run.info.status == "FINISHED" and run.data.tags["archbench.resumed"] == "1", command
