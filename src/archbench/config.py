@@ -14,12 +14,27 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from archbench.models import ShapeError, cnn_shapes
 
 GROUPS = ("model", "activation", "optimizer", "dataset", "loss")  # tagged on every run
+# Overrides that say how or where a job ran, not what was trained: left out of its configuration.
+# (train.threads changes the last bits, not what a comparison is about.)
+NOT_CONFIGURATION = ("seed", "seeds", "tracking", "data_dir", "train.progress", "train.checkpoint",
+                     "train.threads", "resume")  # fmt: skip
 MODES = ("train", "inspect")
 HEADS = (None, "softmax", "log_softmax")
 
 
 class ConfigError(CompactHydraException):
     """A config value that archbench cannot run with; Hydra prints it as one line."""
+
+
+def configuration(overrides: list[str]) -> str:
+    """What a run compared: its overrides minus seed and bookkeeping, sorted; runs that differ only
+    by seed share it, so a comparison groups them (and MLflow's runs table can, by this tag)."""
+    def bookkeeping(override: str) -> bool:
+        key = override.split("=", 1)[0].lstrip("+~")
+        return any(key == k or key.startswith(f"{k}.") for k in NOT_CONFIGURATION)
+
+    keep = [o for o in overrides if not bookkeeping(o)]
+    return " ".join(sorted(keep)) or "(defaults)"
 
 
 def _number(cfg, key, low=None, low_open=False, integer=False, optional=False, high=None):
@@ -125,11 +140,24 @@ def _loss_fits(cfg):
         )
 
 
+def _single_run() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN
+
+
 def validate(cfg: DictConfig) -> torch.device:
     """Check every value archbench relies on; returns the device to train on."""
     if cfg.mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
     _number(cfg, "seed", low=0, integer=True)
+    _number(cfg, "seeds", low=1, integer=True)
+    if cfg.seeds > 1 and _single_run():
+        raise ConfigError(
+            f"seeds={cfg.seeds} repeats the configurations of a sweep: add -m "
+            f"(python run.py -m seeds={cfg.seeds} ...), or set seed=N for one run"
+        )
     if cfg.mode == "train":
         _number(cfg, "train.epochs", low=1, integer=True)
     _number(cfg, "train.batch_size", low=1, integer=True)
