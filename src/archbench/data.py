@@ -39,6 +39,8 @@ class Splits:
     y_test: torch.Tensor
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
+    mean: torch.Tensor | None = None  # per channel, shaped (1, C, 1, ...): x = (raw - mean) / std
+    std: torch.Tensor | None = None
 
 
 def read_idx(path: Path) -> torch.Tensor:
@@ -249,4 +251,6 @@ def prepare(raw: Raw, device: torch.device, val_fraction: float, seed: int) -> S
     def on(y):
         return None if y is None else y.to(device)
 
-    return Splits(norm(x_train), on(y_train), norm(raw["x_test"]), on(raw["y_test"]), norm(x_val), on(y_val))
+    return Splits(
+        norm(x_train), on(y_train), norm(raw["x_test"]), on(raw["y_test"]), norm(x_val), on(y_val), mean, std
+    )
