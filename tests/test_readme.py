@@ -44,17 +44,26 @@ PROMISES = {
     # the design card's line, verbatim
     "python run.py model=cnn3 -m activation=relu,tanh": Promise(jobs=2, sweeps=1, names=CARD),
     'make run ARGS="model=cnn3 -m activation=relu,tanh"': Promise(jobs=2, sweeps=1, names=CARD),
-    "python run.py +experiment=activations": Promise(jobs=3, sweeps=1, names=ACTIVATIONS),
-    "python run.py +experiment=architectures": Promise(jobs=5, sweeps=1, names=ARCHITECTURES),
+    # the presets repeat every configuration over seeds: 5 for activations, 3 for architectures
+    "python run.py +experiment=activations": Promise(jobs=15, sweeps=1, names=ACTIVATIONS * 5),
+    "python run.py +experiment=architectures": Promise(jobs=15, sweeps=1, names=ARCHITECTURES * 3),
     "python run.py +experiment=activations optimizer=adam train.epochs=1": Promise(
-        jobs=3, sweeps=1, names=tuple(n.replace("sgd", "adam") for n in ACTIVATIONS)
+        jobs=15, sweeps=1, names=tuple(n.replace("sgd", "adam") for n in ACTIVATIONS) * 5
     ),
     "python run.py model=dummynet mode=inspect": Promise(output=("total", "2,512", "Conv2d")),
     # the block's last sweep is the activations preset with Adam
-    "make compare": Promise(output=("activation=relu", "activation=tanh", "activation=sigmoid", "chart:")),
+    "make compare": Promise(
+        output=(
+            "activation=relu",
+            "activation=tanh",
+            "activation=sigmoid",
+            "5 seeds per configuration",
+            "curves.png",
+        )
+    ),
     "python run.py resume=<run_id>": Promise(resumes=True),
     "python run.py +experiment=architectures hydra/launcher=joblib hydra.launcher.n_jobs=4": Promise(
-        jobs=5, sweeps=1, names=ARCHITECTURES
+        jobs=15, sweeps=1, names=ARCHITECTURES * 3
     ),
     "python run.py -m hydra/launcher=submitit_local activation=relu,tanh": Promise(
         jobs=2, sweeps=1, names=("mlp-relu-sgd", "mlp-tanh-sgd")

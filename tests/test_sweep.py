@@ -1,10 +1,11 @@
-"""Sweeps: presets, one parent run per multirun with the comparison attached, and the report."""
+"""Sweeps: presets over seeds, one parent run per multirun holding the comparison, and the report."""
 
 import csv
 import io
 import json
 
 import pytest
+from hydra import compose, initialize
 
 from archbench import report
 from archbench.tracking import client
@@ -24,30 +25,21 @@ def artifact_text(tmp_path, run_id, name):
     return open(store(tmp_path).download_artifacts(run_id, name, str(tmp_path))).read()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
-    ("preset", "names"),
+    ("preset", "sweeps", "seeds"),
     [
-        ("activations", ["mlp-relu-sgd", "mlp-sigmoid-sgd", "mlp-tanh-sgd"]),
-        ("architectures", [f"{m}-relu-sgd" for m in ("cnn1", "cnn2", "cnn3", "mlp", "mlp_deep")]),
+        ("activations", {"activation": "relu,tanh,sigmoid"}, 5),
+        ("architectures", {"model": "mlp,mlp_deep,cnn1,cnn2,cnn3"}, 3),
     ],
 )
-def test_presets_expand_to_the_course_comparisons(tmp_path, preset, names):
-    # no -m: the preset makes it a multirun; train.epochs=1 composes with the preset's 5
-    result = run_py(tmp_path, f"+experiment={preset}", "dataset.train_size=500")
-    assert result.returncode == 0, result.stderr
-    parent, children = parent_and_children(tmp_path)
-    assert sorted(r.info.run_name for r in children) == names
-    assert parent.info.run_name == f"sweep-{preset}" and parent.info.status == "FINISHED"
-    for run in children:
-        assert run.info.status == "FINISHED"
-        params = run.data.params
-        assert (params["train.epochs"], params["optimizer.lr"], params["train.batch_size"]) == (
-            "1",
-            "0.1",
-            "100",
-        )
-        assert params["optimizer._target_"] == "torch.optim.SGD"
+def test_presets_are_the_course_comparisons_over_seeds(preset, sweeps, seeds):
+    # train.epochs=1 composes with the preset's 5; SGD keeps the course's lr
+    with initialize(version_base="1.3", config_path="../conf"):
+        cfg = compose("config", [f"+experiment={preset}", "train.epochs=1"], return_hydra_config=True)
+    assert cfg.hydra.mode.name == "MULTIRUN" and cfg.seeds == seeds
+    assert dict(cfg.hydra.sweeper.params) == {"seed": f"range(0,{seeds})", **sweeps}
+    assert (cfg.train.epochs, cfg.optimizer.lr, cfg.train.batch_size) == (1, 0.1, 100)
+    assert cfg.optimizer._target_ == "torch.optim.SGD"
 
 
 @pytest.mark.slow
@@ -55,20 +47,38 @@ def test_presets_expand_to_the_course_comparisons(tmp_path, preset, names):
 def test_parent_run_holds_the_comparison(tmp_path, launcher):
     extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
     assert not (tmp_path / "mlruns").exists()  # a fresh store: no database file yet
-    result = run_py(tmp_path, "-m", "activation=relu,tanh,sigmoid", *extra)
+    result = run_py(
+        tmp_path, "-m", "activation=relu,tanh,sigmoid", "seeds=2", "dataset.train_size=500", *extra
+    )
     assert result.returncode == 0, result.stderr
     parent, children = parent_and_children(tmp_path)
-    assert len(children) == 3 and {r.info.status for r in children} == {"FINISHED"}
+    assert len(children) == 6 and {r.info.status for r in children} == {"FINISHED"}
+    assert sorted((r.data.tags["activation"], r.data.params["seed"]) for r in children) == sorted(
+        (a, s) for a in ("relu", "tanh", "sigmoid") for s in ("0", "1")
+    )
+    # a configuration is the overrides minus the seed: one MLflow "Group by" group each
+    configs = {r.data.tags["configuration"] for r in children}
+    assert len(configs) == 3 and all("seed" not in c.split("=")[0] for c in configs)
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["archbench.sweep_dir"] == str(tmp_path / "outputs" / "sweep")
     assert "activation=relu,tanh,sigmoid" in parent.data.params["sweep.overrides"]
     names = {a.path for a in store(tmp_path).list_artifacts(parent.info.run_id)}
-    assert {"comparison.md", "comparison.csv", "comparison.png"} <= names
+    assert {"comparison.md", "comparison.csv", "comparison.png", "curves.png"} <= names
     rows = list(csv.DictReader(io.StringIO(artifact_text(tmp_path, parent.info.run_id, "comparison.csv"))))
-    by_run = {r.info.run_id: r.data.metrics["test_accuracy"] for r in children}
-    assert [r["run_id"] for r in rows] == sorted(by_run, key=lambda i: -by_run[i])
-    table = artifact_text(tmp_path, parent.info.run_id, "comparison.md")
-    assert all(f"activation={a}" in table for a in ("relu", "tanh", "sigmoid"))
+    means = {}
+    for r in children:
+        means.setdefault(r.data.tags["configuration"], []).append(r.data.metrics["test_accuracy"])
+    assert [r["configuration"] for r in rows] == sorted(means, key=lambda c: -sum(means[c]) / 2)
+    assert [r["n"] for r in rows] == ["2", "2", "2"] and rows[0]["verdict"] == "best"
+    assert all(r["test"] == "paired" for r in rows[1:])  # the same seeds on both sides
+    # the UI shows it without digging: the run's description, and headline metrics
+    note = parent.data.tags["mlflow.note.content"]
+    assert note == artifact_text(tmp_path, parent.info.run_id, "comparison.md")
+    assert "| 1 | activation=" in note and "95% CI" in note and "synthetic, 1 epochs, 2 seeds" in note
+    metrics = parent.data.metrics
+    assert metrics["configurations"] == 3 and metrics["seeds"] == 2
+    assert metrics["best_mean"] == pytest.approx(float(rows[0]["mean"]))
+    assert {f"mean/activation_{a}" for a in ("relu", "tanh", "sigmoid")} <= set(metrics)
     png = store(tmp_path).download_artifacts(parent.info.run_id, "comparison.png", str(tmp_path))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -82,13 +92,14 @@ def test_a_failed_job_is_a_failed_row(tmp_path):
     assert sorted(r.info.status for r in children) == ["FAILED", "FINISHED"]
     assert parent.info.status == "FAILED"  # closed, not left RUNNING
     rows = list(csv.DictReader(io.StringIO(artifact_text(tmp_path, parent.info.run_id, "comparison.csv"))))
-    lr = [next(o for o in r["overrides"].split() if o.startswith("optimizer.lr")) for r in rows]
-    assert [(r["status"], o) for r, o in zip(rows, lr, strict=True)] == [
-        ("FINISHED", "optimizer.lr=0.1"),
-        ("FAILED", "optimizer.lr=100000.0"),
-        ("FAILED", "optimizer.lr=-1"),
+    assert [(r["label"], r["n"], r["failed"]) for r in rows] == [
+        ("optimizer.lr=0.1", "1", "0"),
+        ("optimizer.lr=100000.0", "0", "1"),  # diverged: a FAILED run (Hydra writes 1e5 so)
+        ("optimizer.lr=-1", "0", "1"),  # refused before it had a run
     ]
-    assert rows[2]["model"] == "mlp" and "optimizer.lr must be a number > 0" in rows[2]["error"]
+    table = artifact_text(tmp_path, parent.info.run_id, "comparison.md")
+    assert "optimizer.lr=-1 seed=0: FAILED: ConfigError: optimizer.lr must be a number > 0" in table
+    assert "optimizer.lr=100000.0 seed=0: FAILED: Diverged: training loss became nan" in table
     failed = json.loads(artifact_text(tmp_path, parent.info.run_id, "failed_jobs.json"))
     assert len(failed) == 2
     # every failing override is reported, not only the first
@@ -97,59 +108,115 @@ def test_a_failed_job_is_a_failed_row(tmp_path):
 
 # --- the report on a store built by hand -------------------------------------------------
 
+# test accuracy by seed: tanh best; relu 0.03 behind on every seed; gelu level with tanh within noise
+ARMS = {
+    "tanh": [0.860, 0.870, 0.865],
+    "relu": [0.830, 0.841, 0.834],
+    "gelu": [0.868, 0.858, 0.866],
+}
+
+
+def add_runs(mlflow_client, exp, parent_id, arms, seeds, tag_configuration=True):
+    for act, values in arms.items():
+        for seed, acc in zip(seeds, values, strict=True):
+            tags = {
+                "mlflow.parentRunId": parent_id,
+                "model": "mlp",
+                "activation": act,
+                "dataset": "fashion_mnist",
+                "archbench.overrides": f"activation={act} seed={seed}",
+            }
+            if tag_configuration:
+                tags["configuration"] = f"activation={act}"
+            run = mlflow_client.create_run(exp, run_name=f"mlp-{act}-sgd", tags=tags)
+            rid = run.info.run_id
+            mlflow_client.log_param(rid, "seed", seed)
+            mlflow_client.log_param(rid, "train.epochs", 2)
+            for epoch, value in ((1, acc - 0.05), (2, acc)):
+                mlflow_client.log_metric(rid, "test_accuracy", value, step=epoch)
+                mlflow_client.log_metric(rid, "train_loss", 1 - value, step=epoch)
+            mlflow_client.log_metric(rid, "train_time_s", 1.5)
+            mlflow_client.log_metric(rid, "params_total", 79510)
+            mlflow_client.set_terminated(rid, "FINISHED")
+
 
 def known_store(tmp_path):
     mlflow_client = client(f"sqlite:///{tmp_path}/mlflow.db")
     exp = mlflow_client.create_experiment("known")
     parent = mlflow_client.create_run(exp, run_name="sweep-known", tags={"archbench.sweep": "parent"})
     pid = parent.info.run_id
-    for name, act, acc, seconds, status in [
-        ("a", "relu", 0.81, 2.0, "FINISHED"),
-        ("b", "tanh", 0.86, 3.0, "FINISHED"),
-        ("c", "sigmoid", None, None, "FAILED"),
-        ("d", "gelu", 0.84, 1.0, "FINISHED"),
-    ]:
-        tags = {
+    add_runs(mlflow_client, exp, pid, {k: v for k, v in ARMS.items() if k != "gelu"}, [0, 1, 2])
+    add_runs(
+        mlflow_client, exp, pid, {"gelu": ARMS["gelu"]}, [0, 1, 2], tag_configuration=False
+    )  # older runs
+    failed = mlflow_client.create_run(
+        exp,
+        run_name="mlp-sigmoid-sgd",
+        tags={
             "mlflow.parentRunId": pid,
-            "model": "mlp",
-            "activation": act,
-            "optimizer": "sgd",
-            "dataset": "fashion_mnist",
-            "loss": "cross_entropy",
-            "archbench.overrides": f"activation={act}",
-        }
-        run = mlflow_client.create_run(exp, run_name=name, tags=tags)
-        if acc is not None:
-            for key, value in (("test_accuracy", acc), ("train_time_s", seconds), ("params_total", 79510)):
-                mlflow_client.log_metric(run.info.run_id, key, value)
-        mlflow_client.set_terminated(run.info.run_id, status)
+            "archbench.overrides": "activation=sigmoid seed=0",
+            "archbench.error": "boom",
+        },
+    )
+    mlflow_client.set_terminated(failed.info.run_id, "FAILED")
     mlflow_client.set_terminated(pid, "FINISHED")
-    return mlflow_client, pid
+    return mlflow_client, exp, pid
 
 
-def test_report_rows_in_accuracy_order(tmp_path):
-    mlflow_client, pid = known_store(tmp_path)
-    rows = report.sweep_rows(mlflow_client, pid)
-    assert [(r["run"], r["status"]) for r in rows] == [
-        ("b", "FINISHED"),
-        ("d", "FINISHED"),
-        ("a", "FINISHED"),
-        ("c", "FAILED"),
+def test_report_per_configuration(tmp_path):
+    mlflow_client, _, pid = known_store(tmp_path)
+    comp = report.Comparison.of(report.sweep_runs(mlflow_client, pid), "sweep-known")
+    assert comp.title == "sweep-known: fashion_mnist, 2 epochs, 3 seeds per configuration"
+    table = report.markdown(comp)
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        ("| 1", "activation=tanh", "3", "0.8650"),
+        ("| 2", "activation=gelu", "3", "0.8640"),
+        ("| 3", "activation=relu", "3", "0.8350"),
+        ("| 4", "activation=sigmoid", "0 (+1 failed)", "-"),
     ]
-    table = report.markdown(rows).splitlines()
-    assert table[0] == "| config | activation | status | test_accuracy | train_time_s | params_total |"
-    assert table[2] == "| activation=tanh | tanh | FINISHED | 0.8600 | 3.00 | 79,510 |"
-    assert table[5] == "| activation=sigmoid | sigmoid | FAILED | - | - | - |"
+    assert rows[0][7] == "best" and rows[2][7] == "worse (3 seeds, paired)"
+    assert rows[1][7].startswith("not resolved with 3 seeds; ~")
+    # 0.030, 0.029, 0.031 behind: sd 0.001, half-width 4.303 * 0.001 / sqrt(3) = 0.0025
+    assert rows[2][6] == "-0.0300 [-0.0325, -0.0275]"
+    assert "- activation=sigmoid seed=0: FAILED: boom" in table
+    lines = list(csv.DictReader(io.StringIO(report.csv_text(comp))))
+    assert [r["configuration"] for r in lines] == [
+        f"activation={a}" for a in ("tanh", "gelu", "relu", "sigmoid")
+    ]
+    assert lines[2]["seeds"] == "0 1 2" and float(lines[2]["diff"]) == pytest.approx(-0.03)
 
 
-def test_report_cli(tmp_path, capsys):
-    _, pid = known_store(tmp_path)
+def test_report_cli_writes_the_four_files(tmp_path, capsys):
+    _, _, pid = known_store(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     for args in ([], ["--parent", pid], ["--experiment", "known"]):
         assert report.main(["--tracking-uri", uri, "--out", str(tmp_path / "out"), *args]) == 0
         out = capsys.readouterr().out
         assert out.index("activation=tanh") < out.index("activation=gelu") < out.index("activation=relu")
-    assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".png", ".png"]
+    folders = {p.name: sorted(f.name for f in p.iterdir()) for p in (tmp_path / "out").iterdir()}
+    assert set(folders) == {pid, "experiment-1"}
+    assert all(
+        f == ["comparison.csv", "comparison.md", "comparison.png", "curves.png"] for f in folders.values()
+    )
+
+
+def test_more_seeds_later_add_to_the_evidence(tmp_path, capsys):
+    mlflow_client, exp, _ = known_store(tmp_path)
+    second = mlflow_client.create_run(exp, run_name="sweep-more", tags={"archbench.sweep": "parent"})
+    # seeds 3 and 4, plus seed 0 of tanh again (a re-run): the later run replaces the earlier one
+    add_runs(mlflow_client, exp, second.info.run_id, {"tanh": [0.861, 0.869], "relu": [0.832, 0.838]}, [3, 4])
+    add_runs(mlflow_client, exp, second.info.run_id, {"tanh": [0.862]}, [0])
+    runs, superseded = report.experiment_runs(mlflow_client, exp)
+    assert superseded == 1
+    comp = report.Comparison.of(runs, "experiment known")
+    s = comp.summary.set_index("configuration")
+    assert s.loc["activation=tanh"].seeds == [0, 1, 2, 3, 4] and s.loc["activation=relu"].n == 5
+    assert s.loc["activation=tanh"]["mean"] == pytest.approx((0.862 + 0.870 + 0.865 + 0.861 + 0.869) / 5)
+    assert s.loc["activation=gelu"].test == "Welch"  # seeds 0-2 against tanh's 0-4
+    assert "1 earlier run(s) of a configuration and seed that ran again are left out." in report.markdown(
+        report.find(mlflow_client, None, "known")[0]
+    )
 
 
 def test_report_says_when_there_is_nothing(tmp_path, capsys):

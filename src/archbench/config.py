@@ -29,6 +29,7 @@ class ConfigError(CompactHydraException):
 def configuration(overrides: list[str]) -> str:
     """What a run compared: its overrides minus seed and bookkeeping, sorted; runs that differ only
     by seed share it, so a comparison groups them (and MLflow's runs table can, by this tag)."""
+
     def bookkeeping(override: str) -> bool:
         key = override.split("=", 1)[0].lstrip("+~")
         return any(key == k or key.startswith(f"{k}.") for k in NOT_CONFIGURATION)

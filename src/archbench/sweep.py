@@ -12,6 +12,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from hydra.core.utils import JobReturn, JobStatus
@@ -30,6 +31,7 @@ PRESET_GROUPS = ("experiment", "search")
 class MlflowSweep(Callback):
     def __init__(self) -> None:
         self.parent_id: str | None = None
+        self.parent_name = ""
         self.signalled = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -48,7 +50,7 @@ class MlflowSweep(Callback):
                 "archbench.overrides": overrides,
             },
         )
-        self.parent_id = run.info.run_id
+        self.parent_id, self.parent_name = run.info.run_id, run.info.run_name
         mlflow_client.log_param(self.parent_id, "sweep.overrides", overrides or "(none)")
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / tracking.PARENT_FILE).write_text(self.parent_id)
@@ -85,24 +87,21 @@ class MlflowSweep(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         mlflow_client = tracking.client(config.tracking.uri)
         failures = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{FAILED_FILE}"))]
-        rows: list[dict] = []
+        statuses: set[str] = set()
         try:
-            rows = report.sweep_rows(mlflow_client, parent_id, failures)
+            runs = report.sweep_runs(mlflow_client, parent_id, failures)
             if interrupted:  # jobs a dead launcher left RUNNING: closed before the table is written
-                for row in (r for r in rows if r["status"] == "RUNNING"):
-                    mlflow_client.set_terminated(row["run_id"], "KILLED")
-                    row["status"] = "KILLED"
-            with tempfile.TemporaryDirectory() as tmp:
-                for path in report.write_all(rows, Path(tmp), title=f"sweep {sweep_dir}"):
-                    mlflow_client.log_artifact(parent_id, str(path))
-                if failures:
-                    mlflow_client.log_text(parent_id, json.dumps(failures, indent=1), "failed_jobs.json")
+                for run_id in runs.run_id[runs.status == "RUNNING"]:
+                    mlflow_client.set_terminated(run_id, "KILLED")
+                runs.loc[runs.status == "RUNNING", "status"] = "KILLED"
+            statuses = set(runs.status)
+            if failures:
+                mlflow_client.log_text(parent_id, json.dumps(failures, indent=1), "failed_jobs.json")
+            if not runs.empty:
+                self._attach(mlflow_client, parent_id, report.Comparison.of(runs, self.parent_name))
             _log_best(mlflow_client, parent_id, sweep_dir)
-            if rows:
-                print(report.markdown(rows))
         finally:
-            status = self._status(rows, failures, interrupted)
-            mlflow_client.set_terminated(parent_id, status)
+            mlflow_client.set_terminated(parent_id, self._status(statuses, failures, interrupted))
         for failure in failures:  # all of them: Hydra's own message names only the first
             print(f"job failed: {' '.join(failure['overrides'])}: {failure['error']}", file=sys.stderr)
         if failures:
@@ -111,9 +110,24 @@ class MlflowSweep(Callback):
                 file=sys.stderr,
             )
 
-    def _status(self, rows: list[dict], failures: list, interrupted: bool) -> str:
+    @staticmethod
+    def _attach(mlflow_client, parent_id: str, comp: "report.Comparison") -> None:
+        """The comparison where the MLflow UI shows it: the run's description (its note), headline
+        metrics, and the table, CSV and charts as artifacts."""
+        from mlflow.entities import Metric
+
+        text = report.markdown(comp)
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in report.write_all(comp, Path(tmp), mlflow_client):
+                mlflow_client.log_artifact(parent_id, str(path))
+        mlflow_client.set_tag(parent_id, "mlflow.note.content", text)  # the Overview's description
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, 0) for k, v in report.headline(comp).items()]
+        mlflow_client.log_batch(parent_id, metrics=metrics)
+        print(text)
+
+    def _status(self, statuses: set[str], failures: list, interrupted: bool) -> str:
         """The parent's end state, from how its jobs ended and how the sweep did."""
-        statuses = {r["status"] for r in rows}
         if self.signalled or "KILLED" in statuses:
             return "KILLED"
         if interrupted or failures or statuses - {"FINISHED"}:

@@ -58,12 +58,18 @@ def client(uri: str):
     return mlflow.MlflowClient(tracking_uri=uri)
 
 
+# MLflow 3's UI opens an experiment in its GenAI view unless told it holds model training runs
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(mlflow_client, name: str) -> str:
     """The experiment's id, creating it if needed (and tolerating a concurrent creator)."""
     from mlflow.exceptions import MlflowException
 
     found = mlflow_client.get_experiment_by_name(name)
     if found is not None:
+        if "mlflow.experimentKind" not in found.tags:  # made before archbench set the kind
+            mlflow_client.set_experiment_tag(found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return found.experiment_id
     uri = mlflow_client.tracking_uri
     artifacts = None
@@ -71,7 +77,7 @@ def experiment_id(mlflow_client, name: str) -> str:
         folder = re.sub(r"[^\w.-]", "_", name)
         artifacts = (Path(uri.removeprefix("sqlite:///")).parent / folder).resolve().as_uri()
     try:
-        return mlflow_client.create_experiment(name, artifact_location=artifacts)
+        return mlflow_client.create_experiment(name, artifact_location=artifacts, tags=EXPERIMENT_KIND)
     except MlflowException:  # another process created it between our two calls
         return mlflow_client.get_experiment_by_name(name).experiment_id
 

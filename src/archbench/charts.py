@@ -1,0 +1,104 @@
+"""The comparison's two charts: accuracy with its interval per configuration, and learning curves.
+
+Axes are zoomed to the data: the configurations compared differ in the third decimal, which a
+0-to-1 axis hides. Seeds are drawn as dots beside their mean, so the spread is visible.
+"""
+
+from pathlib import Path
+
+import pandas as pd
+from scipy import stats
+
+COLORS = {"best": "#1f5fa8", "worse": "#b0413e", "open": "#d08a1e", "none": "#9a9a9a"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _kind(row) -> str:
+    if row.n == 0:
+        return "none"
+    if pd.isna(row["diff"]):
+        return "best"
+    return "worse" if row.diff_high < 0 else "open"
+
+
+def comparison(comp, path: Path) -> Path:
+    """Mean with its 95% CI and each seed's value per configuration (best at the top), and training time."""
+    plt = _pyplot()
+    s = comp.summary.iloc[::-1].reset_index(drop=True)  # best at the top
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(12, 1.6 + 0.5 * len(s)), sharey=True, gridspec_kw={"width_ratios": [3, 1.2]}
+    )
+    for y, row in s.iterrows():
+        color = COLORS[_kind(row)]
+        seeds = comp.runs[(comp.runs.configuration == row.configuration) & (comp.runs.status == "FINISHED")]
+        left.scatter(seeds[comp.metric], [y - 0.18] * len(seeds), s=12, color=color, alpha=0.45, lw=0)
+        if row.n == 0:
+            where = ("axes fraction", "data")
+            left.annotate("no finished run", (0, y), xycoords=where, va="center", fontsize=9)
+            continue
+        err = [[row["mean"] - row.ci_low], [row.ci_high - row["mean"]]] if row.n >= 2 else None
+        left.errorbar(row["mean"], y, xerr=err, fmt="o", color=color, capsize=4, ms=6)
+        right.barh(y, row.train_time_s, color=color, alpha=0.8)
+        right.annotate(
+            f"{row.train_time_s:.3g}",
+            (row.train_time_s, y),
+            xytext=(3, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+        )
+    best = comp.summary.iloc[0]
+    if best.n >= 2:
+        left.axvspan(best.ci_low, best.ci_high, color=COLORS["best"], alpha=0.08, lw=0)
+    left.set_yticks(range(len(s)), [comp.labels[c] for c in s.configuration])
+    left.set_xlabel(f"{comp.metric_name}: mean with 95% CI (dots: seeds)")
+    right.set_xlabel("training time per run (s)")
+    right.margins(x=0.25)
+    for ax in (left, right):
+        ax.spines[["top", "right"]].set_visible(False)
+    handles = [plt.Line2D([], [], color=c, marker="o", ls="") for c in COLORS.values()]
+    names = ["best", "worse (interval excludes 0)", "not resolved", "no finished run"]
+    left.legend(handles, names, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=4, frameon=False, fontsize=8)
+    fig.suptitle(comp.title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def curves(comp, history: pd.DataFrame, path: Path) -> Path:
+    """Per-epoch mean and 95% band over seeds, per configuration: the metric, and the training loss."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, key in zip(axes, (comp.metric, "train_loss"), strict=True):
+        for config in comp.summary.configuration:
+            points = history[(history.configuration == config) & (history.key == key)]
+            if points.empty:
+                continue
+            by_epoch = points.groupby("epoch").value.agg(["mean", "sem", "count"])
+            line = ax.plot(by_epoch.index, by_epoch["mean"], marker=".", label=comp.labels[config])[0]
+            spread = by_epoch[by_epoch["count"] >= 2]
+            if len(spread):
+                df, loc, scale = spread["count"] - 1, spread["mean"], spread["sem"]
+                low, high = stats.t.interval(0.95, df, loc=loc, scale=scale)
+                ax.fill_between(spread.index, low, high, color=line.get_color(), alpha=0.15, lw=0)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(key.replace("_", " "))
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0].legend(fontsize=8, frameon=False)
+    fig.suptitle(f"{comp.title} (mean and 95% band over seeds)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

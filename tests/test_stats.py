@@ -1,0 +1,130 @@
+"""The comparison's statistics against values worked out by hand, and its verdicts on known arms."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from archbench import stats
+
+T_975_2 = 4.302652729749462  # Student's t, 97.5th percentile, 2 degrees of freedom (tables: 4.303)
+T_975_4 = 2.7764451051977934  # 4 degrees of freedom (tables: 2.776)
+
+
+def runs(arms: dict[str, list[float]], seeds: dict[str, list[int]] | None = None, **extra) -> pd.DataFrame:
+    rows = []
+    for config, values in arms.items():
+        for seed, value in zip((seeds or {}).get(config, range(len(values))), values, strict=True):
+            rows.append(
+                {
+                    "configuration": config,
+                    "seed": seed,
+                    "status": "FINISHED",
+                    "test_accuracy": value,
+                    "train_time_s": 2.0,
+                    "params_total": 100,
+                }
+            )
+    for config, seed, status, value in extra.get("unfinished", []):
+        rows.append(
+            {
+                "configuration": config,
+                "seed": seed,
+                "status": status,
+                "test_accuracy": value,
+                "train_time_s": None,
+                "params_total": None,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def row(summary, config):
+    return summary.set_index("configuration").loc[config]
+
+
+def test_mean_sd_and_interval_by_hand():
+    s = stats.summarize(runs({"a": [0.87, 0.88, 0.86]}), "test_accuracy")
+    a = row(s, "a")
+    assert a.n == 3 and a["mean"] == pytest.approx(0.87) and a.sd == pytest.approx(0.01)
+    half = T_975_2 * 0.01 / math.sqrt(3)  # t * sd / sqrt(n) = 0.024841
+    assert (a.ci_low, a.ci_high) == pytest.approx((0.87 - half, 0.87 + half))
+    assert a.verdict == "best"
+
+
+def test_paired_difference_by_hand():
+    # b trails a by 0.010, 0.020, 0.015 on seeds 0, 1, 2: mean -0.015, sd 0.005
+    s = stats.summarize(runs({"a": [0.87, 0.88, 0.86], "b": [0.86, 0.86, 0.845]}), "test_accuracy")
+    b = row(s, "b")
+    half = T_975_2 * 0.005 / math.sqrt(3)  # 0.012421
+    assert b["diff"] == pytest.approx(-0.015) and b.test == "paired"
+    assert (b.diff_low, b.diff_high) == pytest.approx((-0.015 - half, -0.015 + half))
+    assert b.verdict == "worse (3 seeds, paired)" and b.seeds_needed is None
+    assert list(s.configuration) == ["a", "b"]  # ranked by mean
+
+
+def test_mixed_seed_sets_fall_back_to_welch_by_hand():
+    # same numbers, but b ran seeds 3, 4, 5: nothing to pair, so Welch's test; with equal variances and
+    # sizes its degrees of freedom are 2(n - 1) = 4 and its standard error sqrt(2 * 0.01^2 / 3)
+    data = runs({"a": [0.87, 0.88, 0.86], "b": [0.855, 0.865, 0.845]}, seeds={"b": [3, 4, 5]})
+    b = row(stats.summarize(data, "test_accuracy"), "b")
+    half = T_975_4 * math.sqrt(2 * 0.01**2 / 3)  # 0.022670
+    assert b.test == "Welch" and b["diff"] == pytest.approx(-0.015)
+    assert (b.diff_low, b.diff_high) == pytest.approx((-0.015 - half, -0.015 + half))
+    # the interval holds 0: not called; Cohen's d = 0.015 / 0.01 = 1.5 needs 8.06 -> 9 seeds per arm
+    assert b.verdict == "not resolved with 3 vs 3 seeds; ~9 seeds would resolve a difference of this size"
+
+
+def test_seeds_needed_match_the_published_tables():
+    # Cohen (1988): d = 0.5, two-sided 5%, 80% power: 64 per group; a paired test at d = 1: 10 pairs
+    assert stats.seeds_needed(0.5, paired=False) == 64
+    assert stats.seeds_needed(1.0, paired=True) == 10
+    assert stats.seeds_needed(0.0, paired=True) is None
+
+
+def test_identical_arms_are_not_called_different():
+    rng = np.random.default_rng(7)
+    called = 0
+    for _ in range(200):
+        base = rng.normal(0.87, 0.002, 5)
+        data = runs({"a": list(base + rng.normal(0, 0.001, 5)), "b": list(base + rng.normal(0, 0.001, 5))})
+        called += "worse" in stats.summarize(data, "test_accuracy").verdict.iloc[1]
+    assert called / 200 < 0.1  # a 95% interval misses 0 by chance about 5% of the time, no more
+
+
+def test_a_clearly_worse_arm_is_called_worse():
+    rng = np.random.default_rng(3)
+    called = 0
+    for _ in range(50):
+        base = rng.normal(0.87, 0.002, 5)  # the seed moves both arms alike: what pairing removes
+        data = runs(
+            {"a": list(base + rng.normal(0, 0.001, 5)), "b": list(base - 0.004 + rng.normal(0, 0.001, 5))}
+        )
+        s = stats.summarize(data, "test_accuracy")
+        called += row(s, "b").verdict.startswith("worse")
+    assert called == 50
+
+
+def test_failed_and_killed_runs_are_left_out():
+    unfinished = [("a", 3, "FAILED", None), ("a", 4, "KILLED", 0.10), ("c", 0, "FAILED", None)]
+    data = runs({"a": [0.87, 0.88, 0.86], "b": [0.86, 0.86, 0.845]}, unfinished=unfinished)
+    s = stats.summarize(data, "test_accuracy")
+    a = row(s, "a")
+    assert (a.n, a.failed) == (3, 2) and a["mean"] == pytest.approx(0.87)  # the KILLED 0.10 is not in it
+    assert a.seeds == [0, 1, 2] and row(s, "b").test == "paired"
+    c = row(s, "c")
+    assert (c.n, c.failed, c.verdict) == (0, 1, "no finished run") and list(s.configuration)[-1] == "c"
+
+
+def test_one_seed_says_no_spread_can_be_estimated():
+    s = stats.summarize(runs({"a": [0.87], "b": [0.86]}), "test_accuracy")
+    assert row(s, "a").verdict == "best mean; n = 1: no spread can be estimated"
+    assert row(s, "b").verdict.startswith("n = 1: no spread can be estimated")
+    assert math.isnan(row(s, "a").sd) and math.isnan(row(s, "b").diff_low)
+
+
+def test_the_same_numbers_on_every_seed():
+    s = stats.summarize(runs({"a": [0.87, 0.88], "b": [0.87, 0.88], "c": [0.86, 0.87]}), "test_accuracy")
+    assert row(s, "b").verdict == "no difference: identical on all 2 seeds"
+    assert row(s, "c").verdict == "worse (2 seeds, paired)"  # exactly 0.01 lower on each seed
