@@ -10,6 +10,7 @@ import os
 import re
 import shlex
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -39,11 +40,20 @@ CARD = ("cnn3-relu-sgd", "cnn3-tanh-sgd")
 
 PROMISES = {
     "make run": Promise(jobs=1, names=("mlp-relu-sgd",)),
+    "make sweep-activations": Promise(jobs=15, sweeps=1, names=ACTIVATIONS * 5),
     "python run.py": Promise(jobs=1, names=("mlp-relu-sgd",)),
     "python run.py model=cnn3 activation=tanh train.epochs=10": Promise(jobs=1, names=("cnn3-tanh-sgd",)),
     # the design card's line, verbatim
     "python run.py model=cnn3 -m activation=relu,tanh": Promise(jobs=2, sweeps=1, names=CARD),
     'make run ARGS="model=cnn3 -m activation=relu,tanh"': Promise(jobs=2, sweeps=1, names=CARD),
+    "python run.py model=cnn3 -m activation=relu,tanh seeds=3": Promise(jobs=6, sweeps=1, names=CARD * 3),
+    "python run.py +experiment=activations 'seed=range(5,10)'": Promise(
+        jobs=15, sweeps=1, names=ACTIVATIONS * 5
+    ),
+    # every job run of the experiment by configuration: the two sweeps above it, seeds 0-4 and 5-9
+    'make compare ARGS="--experiment archbench"': Promise(
+        output=("experiment archbench", "10 seeds per configuration", "activation=sigmoid")
+    ),
     # the presets repeat every configuration over seeds: 5 for activations, 3 for architectures
     "python run.py +experiment=activations": Promise(jobs=15, sweeps=1, names=ACTIVATIONS * 5),
     "python run.py +experiment=architectures": Promise(jobs=15, sweeps=1, names=ARCHITECTURES * 3),
@@ -51,7 +61,7 @@ PROMISES = {
         jobs=15, sweeps=1, names=tuple(n.replace("sgd", "adam") for n in ACTIVATIONS) * 5
     ),
     "python run.py model=dummynet mode=inspect": Promise(output=("total", "2,512", "Conv2d")),
-    # the block's last sweep is the activations preset with Adam
+    # the latest sweep: the activations preset (Adam, in "Running experiments")
     "make compare": Promise(
         output=(
             "activation=relu",
@@ -75,6 +85,7 @@ PROMISES = {
 # Commands that cannot run here, each with the reason; all are covered elsewhere where they can be.
 SKIPS = {
     ("Two commands", "make test"): "this test runs inside it",
+    ("Compare in three steps", "make ui"): "serves until stopped; tests/test_ui.py drives the UI in Chromium",
     ("Running experiments", "make ui"): "serves until stopped; tests/test_ui.py drives the UI in Chromium",
     (
         "Scaling out",
@@ -140,7 +151,7 @@ def shrunk(words: list[str], tmp: Path, n: int) -> list[str]:
     if target in TRAINING_TARGETS:
         assigned["ARGS"] = " ".join([assigned.get("ARGS", ""), *shrink]).strip()
     if target == "compare":
-        assigned["ARGS"] = f"--out {tmp}/comparison"
+        assigned["ARGS"] = " ".join([assigned.get("ARGS", ""), f"--out {tmp}/comparison"]).strip()
     return ["make", target, *(f"{k}={v}" for k, v in assigned.items())]
 
 
@@ -152,20 +163,21 @@ def killed_run(tmp: Path, env: dict) -> str:
     deadline = time.monotonic() + 120
     while not (run_id := _first_epoch_done(tmp, before)):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.1)
+        time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 143
     return run_id
 
 
 def _first_epoch_done(tmp: Path, before: set[str]) -> str | None:
-    """The id of a run not in `before` that has logged its first epoch."""
-    if not (tmp / "mlruns" / "mlflow.db").exists():
+    """The id of a run not in `before` that has logged its first epoch. Read with sqlite3, read-only and
+    at once: the run is killed after its first epoch, and a slower look could miss that window."""
+    try:
+        with sqlite3.connect(f"file:{tmp}/mlruns/mlflow.db?mode=ro", uri=True) as conn:
+            rows = conn.execute("SELECT DISTINCT run_uuid FROM metrics WHERE key = 'train_loss'").fetchall()
+    except sqlite3.OperationalError:  # no database or no table yet
         return None
-    for run in all_runs(tmp):
-        if run.info.run_id not in before and "train_loss" in run.data.metrics:
-            return run.info.run_id
-    return None
+    return next((run_id for (run_id,) in rows if run_id not in before), None)
 
 
 def sections() -> list[str]:
