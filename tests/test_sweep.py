@@ -5,11 +5,13 @@ import io
 import json
 
 import pytest
+import torch
 from hydra import compose, initialize
 
-from archbench import report
+from archbench import app, report
 from archbench.tracking import client
-from conftest import all_runs, run_py, store
+from archbench.train import Trainer
+from conftest import all_runs, compose_job, run_py, store
 
 
 def parent_and_children(tmp_path):
@@ -227,3 +229,32 @@ def test_report_says_when_there_is_nothing(tmp_path, capsys):
     assert "no sweep recorded yet" in capsys.readouterr().err
     assert report.main(["--tracking-uri", f"sqlite:///{tmp_path}/empty.db", "--experiment", "nope"]) == 1
     assert "no experiment named 'nope'" in capsys.readouterr().err
+
+
+REAL_FIT = Trainer.fit
+
+
+def starts(tmp_path, monkeypatch, *overrides):
+    """The weights and shuffling state a job starts training from, through the real job path."""
+    seen = {}
+
+    def fit(self, data, *args, **kwargs):
+        seen["weights"] = {k: v.clone() for k, v in self.module.state_dict().items()}
+        seen["shuffle"] = self.generator.get_state().clone()
+        return REAL_FIT(self, data, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "fit", fit)
+        app.main(compose_job(tmp_path, *overrides))
+    return seen
+
+
+def test_same_seed_same_start_and_batches_so_arms_pair(tmp_path, monkeypatch):
+    relu = starts(tmp_path / "relu", monkeypatch, "activation=relu", "seed=3")
+    tanh = starts(tmp_path / "tanh", monkeypatch, "activation=tanh", "seed=3")
+    other = starts(tmp_path / "other", monkeypatch, "activation=relu", "seed=4")
+    assert relu["weights"].keys() == tanh["weights"].keys()
+    assert all(torch.equal(relu["weights"][k], tanh["weights"][k]) for k in relu["weights"])
+    assert torch.equal(relu["shuffle"], tanh["shuffle"])  # the same batches, in the same order
+    assert not torch.equal(relu["weights"]["1.weight"], other["weights"]["1.weight"])
+    assert not torch.equal(relu["shuffle"], other["shuffle"])
