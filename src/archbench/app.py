@@ -12,10 +12,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from archbench import tracking
+from archbench.augment import augmentation
 from archbench.config import GROUPS, configuration, validate
 from archbench.data import prepare
+from archbench.stopping import EarlyStopping
 from archbench.summary import breakdown, model_summary, parameter_counts
-from archbench.train import Trainer, keep_freed_memory, place
+from archbench.train import Trainer, epoch_batches, keep_freed_memory, place
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +40,38 @@ def run_job(cfg: DictConfig) -> float | None:
         print(model_summary(model, cfg.model.input_shape))  # one sample, as the course shows it
         print(breakdown(model))
         return None
-    raw = instantiate(cfg.dataset).load(Path(cfg.data_dir))
-    data = prepare(raw, device, cfg.train.val_fraction, cfg.seed)
+    source = instantiate(cfg.dataset)
+    data = prepare(source.load(Path(cfg.data_dir)), device, cfg.train.val_fraction, cfg.seed)
     model = place(model, data, cfg.train.channels_last)
+    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    train = cfg.train
+    steps = epoch_batches(len(data.x_train), train.batch_size, train.limit_batches, train.overfit_batches)
     trainer = Trainer(
-        model=torch.compile(model) if cfg.train.compile else model,
-        optimizer=instantiate(cfg.optimizer)(model.parameters()),
+        model=torch.compile(model) if train.compile else model,
+        optimizer=optimizer,
         criterion=instantiate(cfg.loss.criterion),
-        batch_size=cfg.train.batch_size,
+        batch_size=train.batch_size,
         generator=torch.Generator(device).manual_seed(cfg.seed),
-        amp=cfg.train.amp,
-        progress=cfg.train.progress,
+        amp=train.amp,
+        progress=train.progress,
+        scheduler=scheduler(cfg.scheduler, optimizer, steps_per_epoch=steps),
+        interval=cfg.scheduler.interval,
+        monitor=cfg.scheduler.get("monitor"),
+        stopper=EarlyStopping(**train.early_stopping) if train.early_stopping.patience else None,
+        augment=augmentation(source.augmentation, fill=-data.mean / data.std, seed=cfg.seed),
+        limit_batches=train.limit_batches,
+        overfit_batches=train.overfit_batches,
     )
     return train_tracked(cfg, trainer, data, device, state)
+
+
+def scheduler(node: DictConfig, optimizer: torch.optim.Optimizer, **runtime):
+    """The config's lr scheduler on `optimizer`, or None; `runtime` values (steps_per_epoch) fill
+    only the keys its YAML declares and leaves null."""
+    if node.schedule is None:
+        return None
+    filled = {k: v for k, v in runtime.items() if k in node.schedule and node.schedule[k] is None}
+    return instantiate(node.schedule, **filled)(optimizer)
 
 
 def configure(cfg: DictConfig) -> torch.device:
@@ -80,6 +101,7 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
         "cuda_version": str(torch.version.cuda),
         "archbench.overrides": " ".join(job_overrides()),
         "configuration": configuration(job_overrides()),  # MLflow's "Group by" gives one group each
+        **debug_tag(cfg),
     }
     name = "-".join(picked[g] for g in ("model", "activation", "optimizer"))
     run = tracking.open_run(cfg, name, tags, sweep_dir(), resume_id=cfg.resume)
@@ -101,6 +123,8 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
                 run.log_state({**trainer.checkpoint(epoch), "train_time_s": spent})
 
         final = trainer.fit(data, cfg.train.epochs, start_epoch=start, on_epoch_end=on_epoch_end)
+        if "best_epoch" in final:  # early stopping: the best epoch's figures are the run's final ones
+            run.log_metrics(final, step=int(final["stopped_epoch"]))
         totals = {
             "params_total": counts["total"],
             "params_trainable": counts["trainable"],
@@ -117,6 +141,14 @@ def choices() -> dict[str, str]:
     """The option chosen in every config group, as Hydra recorded it."""
     picked = HydraConfig.get().runtime.choices
     return {group: str(picked.get(group)) for group in GROUPS}
+
+
+def debug_tag(cfg: DictConfig) -> dict[str, str]:
+    """archbench.debug = what shrank the run (+debug=… preset, or the keys), so no report takes it
+    for a result."""
+    preset = HydraConfig.get().runtime.choices.get("debug")
+    keys = [f"{k}={cfg.train[k]}" for k in ("limit_batches", "overfit_batches") if cfg.train[k] is not None]
+    return {"archbench.debug": str(preset or " ".join(keys))} if preset or keys else {}
 
 
 def default_threads() -> int:
