@@ -7,7 +7,8 @@ import torch
 from hydra import compose, initialize
 
 from archbench import app
-from archbench.train import Trainer, epoch_batches
+from archbench.debug import epoch_batches
+from archbench.train import Trainer
 from conftest import all_runs, compose_job, store
 
 

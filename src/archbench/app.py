@@ -15,11 +15,20 @@ from archbench import tracking
 from archbench.augment import augmentation
 from archbench.config import GROUPS, configuration, validate
 from archbench.data import prepare
+from archbench.debug import debug_tag, epoch_batches
 from archbench.stopping import EarlyStopping
 from archbench.summary import breakdown, model_summary, parameter_counts
-from archbench.train import Trainer, epoch_batches, keep_freed_memory, place
+from archbench.train import Trainer, keep_freed_memory, place
 
 log = logging.getLogger(__name__)
+
+# Keys newer than some checkpoints: a run logged without them is resumed as it ran, with all of them off.
+ADDED_KEYS = {
+    "scheduler": {"schedule": None, "interval": "epoch"},
+    "train.early_stopping": {"patience": None, "min_delta": 0.0},
+    "train.limit_batches": None,
+    "train.overfit_batches": None,
+}
 
 
 def main(cfg: DictConfig) -> float | None:
@@ -34,6 +43,9 @@ def main(cfg: DictConfig) -> float | None:
 
 def run_job(cfg: DictConfig) -> float | None:
     cfg, state = tracking.resume_point(cfg) if cfg.resume else (cfg, None)
+    for key, off in ADDED_KEYS.items():
+        if OmegaConf.select(cfg, key, default=KeyError) is KeyError:
+            OmegaConf.update(cfg, key, off, force_add=True)
     device = configure(cfg)
     model = instantiate(cfg.model)
     if cfg.mode == "inspect":
@@ -44,23 +56,25 @@ def run_job(cfg: DictConfig) -> float | None:
     data = prepare(source.load(Path(cfg.data_dir)), device, cfg.train.val_fraction, cfg.seed)
     model = place(model, data, cfg.train.channels_last)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
-    train = cfg.train
-    steps = epoch_batches(len(data.x_train), train.batch_size, train.limit_batches, train.overfit_batches)
+    steps = epoch_batches(
+        len(data.x_train), cfg.train.batch_size, cfg.train.limit_batches, cfg.train.overfit_batches
+    )
+    stopping = cfg.train.early_stopping
     trainer = Trainer(
-        model=torch.compile(model) if train.compile else model,
+        model=torch.compile(model) if cfg.train.compile else model,
         optimizer=optimizer,
         criterion=instantiate(cfg.loss.criterion),
-        batch_size=train.batch_size,
+        batch_size=cfg.train.batch_size,
         generator=torch.Generator(device).manual_seed(cfg.seed),
-        amp=train.amp,
-        progress=train.progress,
+        amp=cfg.train.amp,
+        progress=cfg.train.progress,
         scheduler=scheduler(cfg.scheduler, optimizer, steps_per_epoch=steps),
         interval=cfg.scheduler.interval,
         monitor=cfg.scheduler.get("monitor"),
-        stopper=EarlyStopping(**train.early_stopping) if train.early_stopping.patience else None,
+        stopper=EarlyStopping(**stopping) if stopping.patience else None,
         augment=augmentation(source.augmentation, fill=-data.mean / data.std, seed=cfg.seed),
-        limit_batches=train.limit_batches,
-        overfit_batches=train.overfit_batches,
+        limit_batches=cfg.train.limit_batches,
+        overfit_batches=cfg.train.overfit_batches,
     )
     return train_tracked(cfg, trainer, data, device, state)
 
@@ -141,14 +155,6 @@ def choices() -> dict[str, str]:
     """The option chosen in every config group, as Hydra recorded it."""
     picked = HydraConfig.get().runtime.choices
     return {group: str(picked.get(group)) for group in GROUPS}
-
-
-def debug_tag(cfg: DictConfig) -> dict[str, str]:
-    """archbench.debug = what shrank the run (+debug=… preset, or the keys), so no report takes it
-    for a result."""
-    preset = HydraConfig.get().runtime.choices.get("debug")
-    keys = [f"{k}={cfg.train[k]}" for k in ("limit_batches", "overfit_batches") if cfg.train[k] is not None]
-    return {"archbench.debug": str(preset or " ".join(keys))} if preset or keys else {}
 
 
 def default_threads() -> int:

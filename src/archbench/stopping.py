@@ -9,6 +9,8 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
+STATE = ("best", "best_epoch", "best_scores", "best_weights", "waited", "last_epoch")  # the checkpoint's
+
 
 class EarlyStopping:
     """Stop once val_accuracy has not gained more than `min_delta` for `patience` epochs in a row."""
@@ -36,27 +38,19 @@ class EarlyStopping:
             return
         self.waited += 1
         if self.stopped:
-            log.info(
-                "early stopping after epoch %d: val_accuracy has not gained more than %g over epoch %d's "
-                "%.4f for %d epochs",
-                epoch,
-                self.min_delta,
-                self.best_epoch,
-                self.best,
-                self.waited,
-            )
+            gain = f"val_accuracy has not gained more than {self.min_delta:g} for {self.waited} epochs"
+            log.info("early stopping after epoch %d: %s", epoch, gain)
 
     def restore_best(self, model: nn.Module) -> dict[str, float]:
         """Put the best epoch's weights back; returns its figures with best_epoch and stopped_epoch."""
         model.load_state_dict(self.best_weights)
-        log.info("the model is epoch %d's (val_accuracy %.4f), the best of %d", self.best_epoch, self.best,
-                 self.last_epoch)  # fmt: skip
+        best = f"epoch {self.best_epoch}'s (val_accuracy {self.best:.4f})"
+        log.info("the model is %s, the best of %d epochs", best, self.last_epoch)
         return {**self.best_scores, "best_epoch": self.best_epoch, "stopped_epoch": self.last_epoch}
 
     def state_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("best", "best_epoch", "best_scores", "best_weights", "waited",
-                                              "last_epoch")}  # fmt: skip
+        return {key: getattr(self, key) for key in STATE}
 
     def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
+        for key in STATE:
+            setattr(self, key, state[key])

@@ -8,7 +8,6 @@ debug options limit_batches (shorter epochs) and overfit_batches (the same batch
 """
 
 import ctypes
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -21,20 +20,14 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from archbench.augment import RandomCropFlip
 from archbench.data import Splits
+from archbench.debug import check_overfit, epoch_batches
 from archbench.stopping import EarlyStopping
-
-log = logging.getLogger(__name__)
-
-OVERFIT_TARGET = 0.99  # accuracy on the fixed batches that counts as learnt: ~100%, one slip in 100
 
 
 class Diverged(CompactHydraException):
     """The training loss became NaN or infinite."""
-
-
-class CannotOverfit(CompactHydraException):
-    """train.overfit_batches: the model did not learn the few batches it saw over and over."""
 
 
 class OneHotMSELoss(nn.Module):
@@ -64,7 +57,7 @@ class Trainer:
     interval: str = "epoch"  # when the scheduler steps: after every "epoch" or every "batch"
     monitor: str | None = None  # the epoch metric given to scheduler.step() (ReduceLROnPlateau's)
     stopper: EarlyStopping | None = None
-    augment: Callable[[torch.Tensor], torch.Tensor] | None = None  # applied to each training batch
+    augment: RandomCropFlip | None = None  # applied to each training batch
     limit_batches: int | float | None = None  # batches per epoch: a count, or a fraction of them all
     overfit_batches: int | None = None  # train on the first N batches only, the same every step
 
@@ -122,7 +115,7 @@ class Trainer:
         return torch.randperm(n, device=device, generator=self.generator)[:size]
 
     def train_one_epoch(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[float, float]:
-        """One pass over (x, y) in a fresh random order; returns mean loss and accuracy."""
+        """One epoch over (x, y) in the order `epoch_order` gives; returns mean loss and accuracy."""
         self.model.train()
         order = self.epoch_order(len(x), x.device)
         # Per batch only what cannot wait: the loss kept as a device tensor, the predictions
@@ -202,25 +195,15 @@ class Trainer:
                 self.stopper.update(epoch, final, self.module)
             if on_epoch_end:  # after the scheduler and stopper moved: the checkpoint has them as now
                 on_epoch_end(epoch, metrics)
-        if self.overfit_batches:
-            self.check_overfit(data, epochs)
+        if self.overfit_batches:  # judged on the samples it trained on, as the model is now
+            n = min(len(data.x_train), self.overfit_batches * self.batch_size)
+            accuracy = self.evaluate(data.x_train[:n], data.y_train[:n])[1]
+            check_overfit(
+                accuracy, n, self.overfit_batches, epochs * self.batches_per_epoch(len(data.x_train))
+            )
         if self.stopper is not None:
             return self.stopper.restore_best(self.module)
         return final or self.scores(data)  # resumed after the last epoch: nothing left to train
-
-    def check_overfit(self, data: Splits, epochs: int) -> None:
-        """Fail unless the model now gets (nearly) all of the samples it was trained on again and again."""
-        n = min(len(data.x_train), self.overfit_batches * self.batch_size)
-        accuracy = self.evaluate(data.x_train[:n], data.y_train[:n])[1]
-        steps = epochs * self.batches_per_epoch(len(data.x_train))
-        seen = f"accuracy {accuracy:.3f} on the {n} samples of train.overfit_batches={self.overfit_batches}"
-        if accuracy < OVERFIT_TARGET:
-            raise CannotOverfit(
-                f"overfit check failed: {seen} after {steps} steps (needs {OVERFIT_TARGET}): a network "
-                "that cannot memorise a few batches usually has a bug (a head that does not fit the loss, "
-                "layers not connected to the output) or an optimizer.lr far too small or too large"
-            )
-        log.info("overfit check passed: %s after %d steps", seen, steps)
 
     def scores(self, data: Splits) -> dict[str, float]:
         """Test (and validation) loss and accuracy."""
@@ -240,17 +223,6 @@ class Trainer:
             f"training loss became {value} at epoch {epoch}, batch {step + 1}: "
             f"the run diverged; try a smaller optimizer.lr (now {lr})"
         )
-
-
-def epoch_batches(n: int, batch_size: int, limit: int | float | None, overfit: int | None) -> int:
-    """Steps per epoch over `n` samples: all their batches, or overfit's; `limit` of them (a count, or
-    a fraction). With overfit_batches the fixed batches are cycled, so an int limit may exceed them."""
-    available = overfit or math.ceil(n / batch_size)
-    if limit is None:
-        return available
-    if isinstance(limit, float):
-        return max(1, int(limit * available))
-    return limit if overfit else min(limit, available)
 
 
 def place(model: nn.Module, data: Splits, channels_last: bool) -> nn.Module:
