@@ -22,7 +22,7 @@ from conftest import all_runs, compose_job, store
         (0.01, None, 1),  # at least one
         (1.0, None, 20),  # a fraction: all of them (the integer 1 is one batch)
         (None, 2, 2),
-        (200, 1, 200),  # the fixed batch, cycled
+        (500, 1, 500),  # the fixed batch, cycled
     ],
 )
 def test_steps_per_epoch(limit, overfit, steps):
@@ -75,7 +75,7 @@ def test_overfit_preset_learns_its_batch(tmp_path, caplog):
     (run,) = all_runs(tmp_path)
     assert run.info.status == "FINISHED" and run.data.tags["archbench.debug"] == "overfit"
     assert "overfit check passed: accuracy 1.000 on the 100 samples" in caplog.text
-    assert "after 200 steps" in caplog.text
+    assert "after 500 steps" in caplog.text
 
 
 def test_overfit_preset_fails_a_model_that_cannot_learn(tmp_path):
@@ -83,7 +83,7 @@ def test_overfit_preset_fails_a_model_that_cannot_learn(tmp_path):
         app.main(compose_job(tmp_path, "+debug=overfit", "optimizer.lr=1e-6"))
     message = str(error.value)
     assert message.startswith("error: overfit check failed: accuracy 0.") and "\n" not in message
-    assert "on the 100 samples of train.overfit_batches=1 after 200 steps (needs 0.99)" in message
+    assert "on the 100 samples of train.overfit_batches=1 after 500 steps (needs 0.99)" in message
     assert "optimizer.lr far too small or too large" in message
     (run,) = all_runs(tmp_path)
     assert run.info.status == "FAILED" and "overfit check failed" in run.data.tags["archbench.error"]

@@ -35,7 +35,8 @@ def check_overfit(accuracy: float, samples: int, overfit_batches: int, steps: in
         raise CannotOverfit(
             f"overfit check failed: {seen} after {steps} steps (needs {OVERFIT_TARGET}): a network "
             "that cannot memorise a few batches usually has a bug (a head that does not fit the loss, "
-            "layers not connected to the output) or an optimizer.lr far too small or too large"
+            "layers not connected to the output) or an optimizer.lr far too small or too large; slow "
+            "learners (deep sigmoid nets, loss=mse) may only need more steps: train.limit_batches=2000"
         )
     log.info("overfit check passed: %s after %d steps", seen, steps)
 
