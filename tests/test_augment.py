@@ -74,6 +74,7 @@ def test_off_by_default(tmp_path, dataset):
     assert cfg.dataset.flip is (dataset not in ("mnist", "synthetic"))  # digits are not mirrored
 
 
+@pytest.mark.slow
 def test_a_run_with_augmentation_trains_on_other_images(tmp_path):
     # the same seed, so the same init and batches: only the crops and flips differ (resume tests in
     # test_schedule.py check that an augmented run repeats exactly)

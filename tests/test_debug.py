@@ -80,10 +80,10 @@ def test_overfit_preset_learns_its_batch(tmp_path, caplog):
 
 def test_overfit_preset_fails_a_model_that_cannot_learn(tmp_path):
     with pytest.raises(SystemExit) as error:
-        app.main(compose_job(tmp_path, "+debug=overfit", "optimizer.lr=1e-6"))
+        app.main(compose_job(tmp_path, "+debug=overfit", "optimizer.lr=1e-6", "train.limit_batches=20"))
     message = str(error.value)
     assert message.startswith("error: overfit check failed: accuracy 0.") and "\n" not in message
-    assert "on the 100 samples of train.overfit_batches=1 after 500 steps (needs 0.99)" in message
-    assert "optimizer.lr far too small or too large" in message
+    assert "on the 100 samples of train.overfit_batches=1 after 20 steps (needs 0.99)" in message
+    assert "optimizer.lr far too small or too large" in message and "train.limit_batches=2000" in message
     (run,) = all_runs(tmp_path)
     assert run.info.status == "FAILED" and "overfit check failed" in run.data.tags["archbench.error"]

@@ -85,6 +85,7 @@ def test_plateau_needs_a_validation_split(tmp_path):
     assert str(error.value) == "scheduler=plateau watches val_loss and needs train.val_fraction > 0, got 0.0"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args",
     [
