@@ -48,6 +48,7 @@ def pytorch_lrs(make, per_batch: bool, epochs=EPOCHS, batches=BATCHES, monitored
             True,
         ),
     ],
+    ids=["none", "step", "cosine", "onecycle"],
 )
 def test_logged_lr_is_pytorchs_schedule(tmp_path, name, make, per_batch):
     app.main(compose_job(tmp_path, f"scheduler={name}", f"train.epochs={EPOCHS}"))
