@@ -38,3 +38,11 @@ def test_accuracy_parity_runs(tmp_path):
     acc = r"[01]\.\d{4}"
     assert re.search(rf"\| mlp-tanh \| {acc} ± {acc} \({acc}, {acc}\) \| {acc} ± ", table)
     assert "| cnn3-relu |" in table
+
+
+def test_augment_cost_runs(tmp_path):
+    args = ["--train-size", "600", "--repeats", "1", "--models", "mlp", "cnn2"]
+    table = bench("augment_cost.py", tmp_path, *args)
+    number = r"\d+\.\d+"
+    for model in ("mlp", "cnn2"):
+        assert re.search(rf"\| {model} \| {number} \| {number} \| {number}x \| {number} \|", table)

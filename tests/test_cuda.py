@@ -25,3 +25,12 @@ def test_deterministic_cuda_runs_repeat(tmp_path):
     first = main(compose_job(tmp_path / "a", *args))
     second = main(compose_job(tmp_path / "b", *args))
     assert first == second
+
+
+def test_augmentation_schedule_and_early_stopping_on_cuda(tmp_path):
+    # the augmentation's generator lives on the device; its state and the scheduler's go in the checkpoint
+    args = ("model=cnn3", "device=cuda", "deterministic=true", "train.epochs=2", "dataset.augment=true")
+    args += ("scheduler=onecycle", "train.val_fraction=0.1", "train.early_stopping.patience=1")
+    first = main(compose_job(tmp_path / "a", *args))
+    second = main(compose_job(tmp_path / "b", *args))
+    assert first == second and all_runs(tmp_path / "a")[0].info.status == "FINISHED"

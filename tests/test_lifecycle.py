@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+from omegaconf import OmegaConf
 
 from archbench import app
 from archbench.train import Trainer
@@ -96,6 +97,22 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     assert final_metrics(tmp_path / "b", resumed.info.run_id) == final_metrics(
         tmp_path / "a", reference.info.run_id
     )
+
+
+def test_resume_of_a_run_logged_before_the_training_options(tmp_path, monkeypatch):
+    stop_at_epoch(monkeypatch, 2, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        app.main(compose_job(tmp_path, "train.epochs=2"))
+    monkeypatch.undo()
+    killed = only_run(tmp_path).info.run_id
+    (logged,) = (tmp_path / "mlruns").rglob(f"{killed}/artifacts/config.yaml")
+    old = OmegaConf.load(logged)
+    del old["scheduler"]
+    for key in ("early_stopping", "limit_batches", "overfit_batches"):
+        del old.train[key]
+    OmegaConf.save(old, logged)
+    app.main(compose_job(tmp_path, f"resume={killed}"))
+    assert only_run(tmp_path).info.status == "FINISHED" and steps(tmp_path, only_run(tmp_path)) == [1, 2]
 
 
 def test_resume_refuses_what_it_cannot_resume(tmp_path):

@@ -80,6 +80,12 @@ PROMISES = {
     ),
     "python run.py +search=lr_batch model=cnn2 hydra.sweeper.n_trials=30": Promise(jobs=3, sweeps=1),
     "python run.py +search=lr_batch 'activation=choice(relu,tanh,sigmoid)'": Promise(jobs=3, sweeps=1),
+    "python run.py model=cnn2 scheduler=onecycle train.epochs=10": Promise(jobs=1, names=("cnn2-relu-sgd",)),
+    "python run.py +search=lr_batch model=cnn2 train.early_stopping.patience=2": Promise(jobs=3, sweeps=1),
+    "python run.py +debug=fast": Promise(jobs=1, names=("mlp-relu-sgd",)),
+    "python run.py +debug=overfit": Promise(
+        jobs=1, names=("mlp-relu-sgd",), output=("overfit check passed: accuracy 1.000",)
+    ),
 }
 
 # Commands that cannot run here, each with the reason; all are covered elsewhere where they can be.

@@ -39,6 +39,26 @@ CASES = [
     (["model=wide"], "model.input_shape [2] does not fit dataset=synthetic, whose input is [1, 28, 28]"),
     (["model.head=softmax"], "model.head=softmax does not fit the loss, which needs model.head=null"),
     (
+        ["train.limit_batches=1.5"],
+        "train.limit_batches must be null, an integer >= 1 (batches) or a fraction in (0, 1], got 1.5",
+    ),
+    (["train.limit_batches=0"], "train.limit_batches must be null, an integer >= 1 (batches)"),
+    (["train.overfit_batches=0"], "train.overfit_batches must be an integer >= 1 or null, got 0"),
+    (["train.early_stopping.patience=0"], "train.early_stopping.patience must be an integer >= 1 or null"),
+    (["train.early_stopping.min_delta=-1"], "train.early_stopping.min_delta must be a number >= 0, got -1"),
+    (
+        ["train.early_stopping.patience=3"],
+        "train.early_stopping.patience=3 watches val_accuracy and needs train.val_fraction > 0, got 0.0",
+    ),
+    (["scheduler=plateau"], "scheduler=plateau watches val_loss and needs train.val_fraction > 0, got 0.0"),
+    (["scheduler.interval=step"], "scheduler.interval must be one of epoch, batch, got 'step'"),
+    (
+        ["scheduler=plateau", "scheduler.monitor=test_loss", "train.val_fraction=0.1"],
+        "scheduler.monitor must be null or one of val_loss, val_accuracy, train_loss, train_accuracy",
+    ),
+    (["dataset.augment=yes"], "dataset.augment must be true or false, got 'yes'"),
+    (["dataset.crop_padding=-2"], "dataset.crop_padding must be an integer >= 0, got -2"),
+    (
         ["loss=nll", "model.head=null"],
         "model.head=null does not fit the loss, which needs model.head=log_softmax",
     ),

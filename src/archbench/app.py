@@ -12,12 +12,23 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from archbench import tracking
+from archbench.augment import augmentation
 from archbench.config import GROUPS, configuration, validate
 from archbench.data import prepare
+from archbench.debug import debug_tag, epoch_batches
+from archbench.stopping import EarlyStopping
 from archbench.summary import breakdown, model_summary, parameter_counts
 from archbench.train import Trainer, keep_freed_memory, place
 
 log = logging.getLogger(__name__)
+
+# Keys newer than some checkpoints: a run logged without them is resumed as it ran, with all of them off.
+ADDED_KEYS = {
+    "scheduler": {"schedule": None, "interval": "epoch"},
+    "train.early_stopping": {"patience": None, "min_delta": 0.0},
+    "train.limit_batches": None,
+    "train.overfit_batches": None,
+}
 
 
 def main(cfg: DictConfig) -> float | None:
@@ -32,25 +43,49 @@ def main(cfg: DictConfig) -> float | None:
 
 def run_job(cfg: DictConfig) -> float | None:
     cfg, state = tracking.resume_point(cfg) if cfg.resume else (cfg, None)
+    for key, off in ADDED_KEYS.items():
+        if OmegaConf.select(cfg, key, default=KeyError) is KeyError:
+            OmegaConf.update(cfg, key, off, force_add=True)
     device = configure(cfg)
     model = instantiate(cfg.model)
     if cfg.mode == "inspect":
         print(model_summary(model, cfg.model.input_shape))  # one sample, as the course shows it
         print(breakdown(model))
         return None
-    raw = instantiate(cfg.dataset).load(Path(cfg.data_dir))
-    data = prepare(raw, device, cfg.train.val_fraction, cfg.seed)
+    source = instantiate(cfg.dataset)
+    data = prepare(source.load(Path(cfg.data_dir)), device, cfg.train.val_fraction, cfg.seed)
     model = place(model, data, cfg.train.channels_last)
+    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    steps = epoch_batches(
+        len(data.x_train), cfg.train.batch_size, cfg.train.limit_batches, cfg.train.overfit_batches
+    )
+    stopping = cfg.train.early_stopping
     trainer = Trainer(
         model=torch.compile(model) if cfg.train.compile else model,
-        optimizer=instantiate(cfg.optimizer)(model.parameters()),
+        optimizer=optimizer,
         criterion=instantiate(cfg.loss.criterion),
         batch_size=cfg.train.batch_size,
         generator=torch.Generator(device).manual_seed(cfg.seed),
         amp=cfg.train.amp,
         progress=cfg.train.progress,
+        scheduler=scheduler(cfg.scheduler, optimizer, steps_per_epoch=steps),
+        interval=cfg.scheduler.interval,
+        monitor=cfg.scheduler.get("monitor"),
+        stopper=EarlyStopping(**stopping) if stopping.patience else None,
+        augment=augmentation(source.augmentation, fill=-data.mean / data.std, seed=cfg.seed),
+        limit_batches=cfg.train.limit_batches,
+        overfit_batches=cfg.train.overfit_batches,
     )
     return train_tracked(cfg, trainer, data, device, state)
+
+
+def scheduler(node: DictConfig, optimizer: torch.optim.Optimizer, **runtime):
+    """The config's lr scheduler on `optimizer`, or None; `runtime` values (steps_per_epoch) fill
+    only the keys its YAML declares and leaves null."""
+    if node.schedule is None:
+        return None
+    filled = {k: v for k, v in runtime.items() if k in node.schedule and node.schedule[k] is None}
+    return instantiate(node.schedule, **filled)(optimizer)
 
 
 def configure(cfg: DictConfig) -> torch.device:
@@ -80,6 +115,7 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
         "cuda_version": str(torch.version.cuda),
         "archbench.overrides": " ".join(job_overrides()),
         "configuration": configuration(job_overrides()),  # MLflow's "Group by" gives one group each
+        **debug_tag(cfg),
     }
     name = "-".join(picked[g] for g in ("model", "activation", "optimizer"))
     run = tracking.open_run(cfg, name, tags, sweep_dir(), resume_id=cfg.resume)
@@ -101,6 +137,8 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
                 run.log_state({**trainer.checkpoint(epoch), "train_time_s": spent})
 
         final = trainer.fit(data, cfg.train.epochs, start_epoch=start, on_epoch_end=on_epoch_end)
+        if "best_epoch" in final:  # early stopping: the best epoch's figures are the run's final ones
+            run.log_metrics(final, step=int(final["stopped_epoch"]))
         totals = {
             "params_total": counts["total"],
             "params_trainable": counts["trainable"],

@@ -13,13 +13,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from archbench.models import ShapeError, cnn_shapes
 
-GROUPS = ("model", "activation", "optimizer", "dataset", "loss")  # tagged on every run
+GROUPS = ("model", "activation", "optimizer", "dataset", "loss", "scheduler")  # tagged on every run
 # Overrides that say how or where a job ran, not what was trained: left out of its configuration.
 # (train.threads changes the last bits, not what a comparison is about.)
 NOT_CONFIGURATION = ("seed", "seeds", "tracking", "data_dir", "train.progress", "train.checkpoint",
                      "train.threads", "resume")  # fmt: skip
 MODES = ("train", "inspect")
 HEADS = (None, "softmax", "log_softmax")
+INTERVALS = ("epoch", "batch")
+MONITORS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy")  # never test_*: no peeking
 
 
 class ConfigError(CompactHydraException):
@@ -141,6 +143,44 @@ def _loss_fits(cfg):
         )
 
 
+def _training_options(cfg):
+    """Schedule, early stopping, the debug limits and augmentation."""
+    value = cfg.train.limit_batches
+    count = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    if not (value is None or count or (isinstance(value, float) and 0 < value <= 1)):
+        allowed = "null, an integer >= 1 (batches) or a fraction in (0, 1]"
+        raise ConfigError(f"train.limit_batches must be {allowed}, got {value!r}")
+    _number(cfg, "train.overfit_batches", low=1, integer=True, optional=True)
+    patience = _number(cfg, "train.early_stopping.patience", low=1, integer=True, optional=True)
+    _number(cfg, "train.early_stopping.min_delta", low=0)
+    schedule, interval, monitor = cfg.scheduler.schedule, cfg.scheduler.interval, cfg.scheduler.get("monitor")
+    if schedule is not None and not (isinstance(schedule, DictConfig) and "_target_" in schedule):
+        raise ConfigError(f"scheduler.schedule must be null or a node with a _target_, got {schedule!r}")
+    if interval not in INTERVALS:
+        raise ConfigError(f"scheduler.interval must be one of {', '.join(INTERVALS)}, got {interval!r}")
+    if monitor is not None and monitor not in MONITORS:
+        raise ConfigError(f"scheduler.monitor must be null or one of {', '.join(MONITORS)}, got {monitor!r}")
+    for flag in ("augment", "flip"):
+        if flag in cfg.dataset and not isinstance(cfg.dataset[flag], bool):
+            raise ConfigError(f"dataset.{flag} must be true or false, got {cfg.dataset[flag]!r}")
+    if "crop_padding" in cfg.dataset:
+        _number(cfg, "dataset.crop_padding", low=0, integer=True)
+    if cfg.mode != "train" or cfg.train.val_fraction > 0:
+        return
+    got = f"needs train.val_fraction > 0, got {cfg.train.val_fraction}"
+    if patience is not None:
+        raise ConfigError(f"train.early_stopping.patience={patience} watches val_accuracy and {got}")
+    if monitor is not None and monitor.startswith("val_"):
+        name = _choice("scheduler") or schedule._target_
+        raise ConfigError(f"scheduler={name} watches {monitor} and {got}")
+
+
+def _choice(group: str) -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
+
+
 def _single_run() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -171,6 +211,7 @@ def validate(cfg: DictConfig) -> torch.device:
             raise ConfigError(f"train.{flag} must be true or false, got {cfg.train[flag]!r}")
     if not isinstance(cfg.deterministic, bool):
         raise ConfigError(f"deterministic must be true or false, got {cfg.deterministic!r}")
+    _training_options(cfg)
     _optimizer(cfg)
     _model_fits(cfg)
     _loss_fits(cfg)

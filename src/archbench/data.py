@@ -29,6 +29,16 @@ class DataError(CompactHydraException):
 Raw = dict[str, torch.Tensor]  # x_train, y_train, x_test, y_test
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """How a dataset's training batches may be augmented: the `augment`, `crop_padding` and `flip`
+    keys of its YAML (archbench.augment does it)."""
+
+    augment: bool = False
+    crop_padding: int = 0
+    flip: bool = False
+
+
 @dataclass
 class Splits:
     """Normalised tensors on the training device."""
@@ -117,9 +127,10 @@ class IdxSource:
         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
     }
 
-    def __init__(self, name, torchvision_class, system_dir, input_shape, num_classes):
+    def __init__(self, name, torchvision_class, system_dir, input_shape, num_classes, **augmentation):
         self.name, self.tv_class, self.system_dir = name, torchvision_class, system_dir
         self.input_shape, self.num_classes = tuple(input_shape), num_classes
+        self.augmentation = Augmentation(**augmentation)
 
     def find(self, data_dir: Path) -> dict[str, Path] | None:
         """The four files in the first folder that has them all (.gz or extracted)."""
@@ -173,8 +184,9 @@ class CifarSource:
     TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
     TEST = ["test_batch"]
 
-    def __init__(self, name, input_shape, num_classes):
+    def __init__(self, name, input_shape, num_classes, **augmentation):
         self.name, self.input_shape, self.num_classes = name, tuple(input_shape), num_classes
+        self.augmentation = Augmentation(**augmentation)
 
     def load(self, data_dir: Path) -> Raw:
         folder = data_dir / self.FOLDER
@@ -215,9 +227,10 @@ class CifarSource:
 class SyntheticSource:
     """One random prototype image per class plus Gaussian noise: small, in memory, learnable."""
 
-    def __init__(self, name, input_shape, num_classes, train_size, test_size, noise, seed):
+    def __init__(self, name, input_shape, num_classes, train_size, test_size, noise, seed, **augmentation):
         self.name, self.input_shape, self.num_classes = name, tuple(input_shape), num_classes
         self.sizes, self.noise, self.seed = (train_size, test_size), noise, seed
+        self.augmentation = Augmentation(**augmentation)
 
     def load(self, data_dir: Path) -> Raw:
         g = torch.Generator().manual_seed(self.seed)

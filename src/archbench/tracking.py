@@ -157,7 +157,9 @@ class Run:
         """All of `metrics` in one store call."""
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        # strictly later than this run's last call: at an equal step, MLflow keeps the later value as
+        # the run's summary (early stopping logs its best epoch's figures after the last epoch's)
+        now = self._last_ms = max(int(time.time() * 1000), getattr(self, "_last_ms", 0) + 1)
         with self._atomic():
             self.client.log_batch(self.run_id, [Metric(k, float(v), now, step) for k, v in metrics.items()])
 

@@ -3,6 +3,8 @@
 Nothing here reads the device's numbers back per batch (that would stall CUDA): loss sums and
 correct counts accumulate on the device and are read once per epoch, plus one finite-loss check
 every `check_every` batches. Returns plain numbers; tracking happens in the caller's callback.
+Around the loop, each optional: an lr schedule, early stopping, augmentation of each batch, and the
+debug options limit_batches (shorter epochs) and overfit_batches (the same batches every step).
 """
 
 import ctypes
@@ -18,7 +20,10 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from archbench.augment import RandomCropFlip
 from archbench.data import Splits
+from archbench.debug import check_overfit, epoch_batches
+from archbench.stopping import EarlyStopping
 
 
 class Diverged(CompactHydraException):
@@ -48,6 +53,13 @@ class Trainer:
     amp: bool | str = "auto"  # bf16 autocast: auto = on CUDA only, true = wherever supported
     progress: bool = True
     check_every: int = 100  # batches between finite-loss checks
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    interval: str = "epoch"  # when the scheduler steps: after every "epoch" or every "batch"
+    monitor: str | None = None  # the epoch metric given to scheduler.step() (ReduceLROnPlateau's)
+    stopper: EarlyStopping | None = None
+    augment: RandomCropFlip | None = None  # applied to each training batch
+    limit_batches: int | float | None = None  # batches per epoch: a count, or a fraction of them all
+    overfit_batches: int | None = None  # train on the first N batches only, the same every step
 
     @property
     def module(self) -> nn.Module:
@@ -63,6 +75,9 @@ class Trainer:
             "shuffle_rng": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "early_stopping": self.stopper.state_dict() if self.stopper else None,
+            "augment_rng": self.augment.generator.get_state() if self.augment else None,
         }
 
     def restore(self, state: dict) -> int:
@@ -73,6 +88,11 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        for part, target in (("scheduler", self.scheduler), ("early_stopping", self.stopper)):
+            if target is not None and state.get(part) is not None:
+                target.load_state_dict(state[part])
+        if self.augment is not None and state.get("augment_rng") is not None:
+            self.augment.generator.set_state(state["augment_rng"])
         return state["epoch"]
 
     def autocast(self, device: torch.device):
@@ -80,34 +100,52 @@ class Trainer:
             return torch.autocast(device.type, dtype=torch.bfloat16)
         return nullcontext()
 
+    def batches_per_epoch(self, n: int) -> int:
+        """Training steps per epoch over `n` samples, after limit_batches and overfit_batches."""
+        return epoch_batches(n, self.batch_size, self.limit_batches, self.overfit_batches)
+
+    def epoch_order(self, n: int, device: torch.device) -> torch.Tensor:
+        """The sample indices of one epoch, batch after batch: a fresh permutation, cut short by
+        limit_batches; or the first overfit_batches batches in order, cycled, the same every step."""
+        size = self.batches_per_epoch(n) * self.batch_size
+        if self.overfit_batches:
+            fixed = torch.arange(min(n, self.overfit_batches * self.batch_size), device=device)
+            return fixed.repeat(-(-size // len(fixed)))[:size]
+        # drawn whole even when cut short: the generator moves as in a full epoch
+        return torch.randperm(n, device=device, generator=self.generator)[:size]
+
     def train_one_epoch(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[float, float]:
-        """One pass over (x, y) in a fresh random order; returns mean loss and accuracy."""
+        """One epoch over (x, y) in the order `epoch_order` gives; returns mean loss and accuracy."""
         self.model.train()
-        order = torch.randperm(len(x), device=x.device, generator=self.generator)
+        order = self.epoch_order(len(x), x.device)
         # Per batch only what cannot wait: the loss kept as a device tensor, the predictions
         # written into their slot. Both are reduced once, after the epoch.
         losses = []
-        predicted = torch.empty_like(y)
-        starts = range(0, len(x), self.batch_size)
+        predicted = torch.empty_like(order)
+        starts = range(0, len(order), self.batch_size)
         for step, start in enumerate(tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=self._quiet)):
             idx = order[start : start + self.batch_size]
             xb, yb = x.index_select(0, idx), y.index_select(0, idx)  # cheaper than x[idx]
+            if self.augment is not None:
+                xb = self.augment(xb)
             with self.autocast(x.device):
                 out = self.model(xb)
                 loss = self.criterion(out, yb)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.scheduler is not None and self.interval == "batch":
+                self.scheduler.step()
             losses.append(loss.detach())
             torch.argmax(out.detach(), 1, out=predicted[start : start + self.batch_size])
             if step % self.check_every == 0 and not math.isfinite(loss.item()):
                 raise Diverged(self._diverged(loss.item(), epoch, step))
         sizes = torch.full((len(losses),), float(self.batch_size), device=x.device)
-        sizes[-1] = len(x) - self.batch_size * (len(losses) - 1)
-        mean_loss = float(torch.stack(losses).float() @ sizes) / len(x)
+        sizes[-1] = len(order) - self.batch_size * (len(losses) - 1)
+        mean_loss = float(torch.stack(losses).float() @ sizes) / len(order)
         if not math.isfinite(mean_loss):
             raise Diverged(self._diverged(mean_loss, epoch, len(starts) - 1))
-        return mean_loss, (predicted == y.index_select(0, order)).sum().item() / len(x)
+        return mean_loss, (predicted == y.index_select(0, order)).sum().item() / len(order)
 
     @torch.inference_mode()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 10_000) -> tuple[float, float]:
@@ -132,10 +170,14 @@ class Trainer:
     ) -> dict[str, float]:
         """Train epochs start_epoch..epochs; per-epoch metrics go to `on_epoch_end(epoch, metrics)`.
 
-        Returns the last epoch's test (and validation) loss and accuracy.
+        Returns the last epoch's test (and validation) loss and accuracy; with early stopping, the
+        best epoch's, whose weights the model then has again, with best_epoch and stopped_epoch.
         """
         final: dict[str, float] = {}
         for epoch in tqdm(range(start_epoch, epochs + 1), desc="epochs", disable=self._quiet):
+            if self.stopper is not None and self.stopper.stopped:  # also when resumed after the stop
+                break
+            lr = self.optimizer.param_groups[0]["lr"]  # the lr the epoch starts with
             _sync(data.x_train.device)
             tic = time.perf_counter()
             train_loss, train_acc = self.train_one_epoch(data.x_train, data.y_train, epoch)
@@ -143,8 +185,24 @@ class Trainer:
             metrics = {"train_loss": train_loss, "train_accuracy": train_acc}
             metrics["epoch_time_s"] = time.perf_counter() - tic
             final = self.scores(data)
-            if on_epoch_end:
-                on_epoch_end(epoch, {**metrics, **final})
+            metrics.update(final, lr=lr)
+            if self.scheduler is not None and self.interval == "epoch":
+                if self.monitor:
+                    self.scheduler.step(metrics[self.monitor])  # ReduceLROnPlateau
+                else:
+                    self.scheduler.step()
+            if self.stopper is not None:
+                self.stopper.update(epoch, final, self.module)
+            if on_epoch_end:  # after the scheduler and stopper moved: the checkpoint has them as now
+                on_epoch_end(epoch, metrics)
+        if self.overfit_batches:  # judged on the samples it trained on, as the model is now
+            n = min(len(data.x_train), self.overfit_batches * self.batch_size)
+            accuracy = self.evaluate(data.x_train[:n], data.y_train[:n])[1]
+            check_overfit(
+                accuracy, n, self.overfit_batches, epochs * self.batches_per_epoch(len(data.x_train))
+            )
+        if self.stopper is not None:
+            return self.stopper.restore_best(self.module)
         return final or self.scores(data)  # resumed after the last epoch: nothing left to train
 
     def scores(self, data: Splits) -> dict[str, float]:
