@@ -258,3 +258,15 @@ def test_same_seed_same_start_and_batches_so_arms_pair(tmp_path, monkeypatch):
     assert torch.equal(relu["shuffle"], tanh["shuffle"])  # the same batches, in the same order
     assert not torch.equal(relu["weights"]["1.weight"], other["weights"]["1.weight"])
     assert not torch.equal(relu["shuffle"], other["shuffle"])
+
+
+def test_debug_runs_are_marked_as_not_results(tmp_path):
+    mlflow_client, exp, pid = known_store(tmp_path)
+    debug = mlflow_client.create_run(exp, run_name="mlp-elu-sgd", tags={
+        "mlflow.parentRunId": pid, "configuration": "activation=elu", "archbench.debug": "fast",
+    })  # fmt: skip
+    mlflow_client.log_metric(debug.info.run_id, "test_accuracy", 0.5)
+    mlflow_client.set_terminated(debug.info.run_id, "FINISHED")
+    table = report.markdown(report.Comparison.of(report.sweep_runs(mlflow_client, pid), "sweep-known"))
+    assert "**Debug runs, not results** (activation=elu): shrunk by +debug or train.limit_batches." in table
+    assert "| activation=elu (debug) | 1 |" in table

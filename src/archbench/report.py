@@ -145,6 +145,7 @@ def markdown(comp: Comparison) -> str:
         "| params |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    debug = comp.runs[comp.runs.debug.fillna("") != ""]
     for i, r in s.iterrows():
         n = f"{r.n}" + (f" (+{r.failed} failed)" if r.failed else "")
         ci = f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]" if r.n >= 2 else "-"
@@ -153,7 +154,7 @@ def markdown(comp: Comparison) -> str:
         params = "-" if pd.isna(r.params_total) else f"{int(r.params_total):,}"
         cells = [
             str(i + 1),
-            comp.labels[r.configuration],
+            comp.labels[r.configuration] + (" (debug)" if r.configuration in set(debug.configuration) else ""),
             n,
             _fmt(r["mean"]),
             _fmt(r.sd),
@@ -164,7 +165,6 @@ def markdown(comp: Comparison) -> str:
             params,
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    debug = comp.runs[comp.runs.debug.fillna("") != ""]
     if len(debug):
         shrunk = sorted({comp.labels.get(c, c) for c in debug.configuration})
         why = "shrunk by +debug or train.limit_batches"
