@@ -146,6 +146,7 @@ def markdown(comp: Comparison) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     debug = comp.runs[comp.runs.debug.fillna("") != ""]
+    shrunk = set(debug.configuration)
     for i, r in s.iterrows():
         n = f"{r.n}" + (f" (+{r.failed} failed)" if r.failed else "")
         ci = f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]" if r.n >= 2 else "-"
@@ -154,7 +155,7 @@ def markdown(comp: Comparison) -> str:
         params = "-" if pd.isna(r.params_total) else f"{int(r.params_total):,}"
         cells = [
             str(i + 1),
-            comp.labels[r.configuration] + (" (debug)" if r.configuration in set(debug.configuration) else ""),
+            comp.labels[r.configuration] + (" (debug)" if r.configuration in shrunk else ""),
             n,
             _fmt(r["mean"]),
             _fmt(r.sd),
@@ -165,10 +166,10 @@ def markdown(comp: Comparison) -> str:
             params,
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    if len(debug):
-        shrunk = sorted({comp.labels.get(c, c) for c in debug.configuration})
+    if shrunk:
+        names = sorted(comp.labels.get(c, c) for c in shrunk)
         why = "shrunk by +debug or train.limit_batches"
-        lines += ["", f"**Debug runs, not results** ({', '.join(shrunk)}): {why}."]
+        lines += ["", f"**Debug runs, not results** ({', '.join(names)}): {why}."]
     failed = comp.runs[comp.runs.status != "FINISHED"]
     if len(failed):
         lines += ["", "Not in the statistics (did not finish):"]
