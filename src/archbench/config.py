@@ -176,4 +176,20 @@ def validate(cfg: DictConfig) -> torch.device:
     if cfg.dataset.name == "synthetic":
         _number(cfg, "dataset.train_size", low=1, integer=True)
         _number(cfg, "dataset.test_size", low=1, integer=True)
+    _records(cfg)
     return pick_device(cfg.device)
+
+
+def _records(cfg):
+    """What the MLflow record needs: a name per class, a registry name, a flag."""
+    classes = cfg.dataset.get("classes")
+    if classes is not None and (not isinstance(classes, ListConfig) or len(classes) != cfg.dataset.num_classes):
+        shown = OmegaConf.to_container(classes) if isinstance(classes, ListConfig) else classes
+        raise ConfigError(
+            f"dataset.classes must list dataset.num_classes={cfg.dataset.num_classes} names, got {shown!r}"
+        )
+    register = cfg.tracking.get("register")
+    if register is not None and not (isinstance(register, str) and register.strip()):
+        raise ConfigError(f"tracking.register must be a registered model's name or null, got {register!r}")
+    if not isinstance(cfg.tracking.get("system_metrics", False), bool):
+        raise ConfigError(f"tracking.system_metrics must be true or false, got {cfg.tracking.system_metrics!r}")

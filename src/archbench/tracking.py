@@ -1,11 +1,13 @@
-"""Everything MLflow: the store, one run per job, its lifecycle, metrics, artifacts and checkpoints.
+"""Everything MLflow: one run per job, its lifecycle, metrics, artifacts, checkpoints, datasets and
+model. The store itself (creating, upgrading, reaching it, and its failures) is store.py's.
 
 Runs go through `MlflowClient` rather than the fluent API, so no process-global "active run" can
 leak from a failed job into the next one that the same process runs.
 """
 
+import json
 import logging
-import os
+import posixpath
 import re
 import signal
 import tempfile
@@ -14,48 +16,25 @@ import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from archbench import evaluation, logged_model
+from archbench.data import Splits, class_names
+from archbench.store import client, redact
 
 log = logging.getLogger(__name__)
 
 PARENT_FILE = "mlflow_parent_run_id"  # in a sweep's folder: the parent run its jobs attach to
 CHECKPOINT = "checkpoint/last.pt"
-
-
-def redact(uri: str) -> str:
-    """The URI without its password, fit for params, tags and logs."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+SYSTEM_METRICS_S = 1.0  # seconds between system/... samples: a 5-epoch mlp run lasts ~2 s
 
 
 def redact_overrides(overrides: list[str]) -> list[str]:
     """Command-line overrides fit to record: any URI's password replaced by ***."""
     return [re.sub(r"(?<==)(\w[\w+.-]*://\S+)", lambda m: redact(m.group(1)), o) for o in overrides]
-
-
-def client(uri: str):
-    """An MlflowClient on `uri`, creating a local SQLite store's folder first.
-
-    A server's user and password move from the URI to MLflow's own variables, so that MLflow's
-    messages (it prints "View run ... at: <uri>") never show them.
-    """
-    import mlflow
-
-    parts = urlsplit(uri)
-    if parts.scheme in ("http", "https") and parts.password is not None:
-        os.environ["MLFLOW_TRACKING_USERNAME"] = parts.username or ""
-        os.environ["MLFLOW_TRACKING_PASSWORD"] = parts.password
-        uri = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    return mlflow.MlflowClient(tracking_uri=uri)
 
 
 def experiment_id(mlflow_client, name: str) -> str:
@@ -106,11 +85,13 @@ class Terminated(KeyboardInterrupt):
 class Run:
     """One job's MLflow run; `with run:` ends it FINISHED, FAILED (error kept) or KILLED."""
 
-    def __init__(self, mlflow_client, run_id: str, name: str = ""):
+    def __init__(self, mlflow_client, run_id: str, name: str = "", system_metrics: bool = False):
         self.client, self.run_id, self.name = mlflow_client, run_id, name
+        self.system_metrics = system_metrics  # MLflow's system/... metrics while the run is open
         self._busy = False  # inside a store write that a signal must not cut in half
         self._pending: str | None = None
         self._saved_handlers: dict = {}
+        self._monitor = None
 
     @classmethod
     def start(cls, mlflow_client, experiment: str, name: str, tags: dict, parent_run_id=None):
@@ -170,26 +151,63 @@ class Run:
             path = self.client.download_artifacts(self.run_id, name, tmp)
             return torch.load(path, weights_only=False, map_location="cpu")
 
+    def log_datasets(self, lineage: dict) -> None:
+        """MLflow's dataset records, one per split (context train, test): the UI's Datasets column."""
+        from mlflow.data.schema import TensorDatasetSchema
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.types import Schema, TensorSpec
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        inputs = []
+        for split, d in lineage.items():
+            files = Path(d.source).is_absolute()
+            source = {"uri": d.source, "files": d.parts} if files else {"generator": d.source, "parameters": d.parts}
+            schema = TensorDatasetSchema(
+                Schema([TensorSpec(np.dtype(d.dtype), (-1, *d.shape), "image")]),
+                Schema([TensorSpec(np.dtype("int64"), (-1,), "label")]),
+            )
+            profile = {"num_rows": d.rows, "shape": d.shape, "num_classes": len(d.classes), "classes": d.classes}
+            dataset = Dataset(
+                d.name, d.digest, "local" if files else "code", json.dumps(source),
+                json.dumps(schema.to_dict()), json.dumps(profile),
+            )  # fmt: skip
+            inputs.append(DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, split)]))
+        self.client.log_inputs(self.run_id, datasets=inputs)
+
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._saved_handlers[sig] = signal.signal(sig, self._on_signal)
+        if self.system_metrics:  # MLflow's own monitor, on a thread, for this run id (no fluent run)
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(
+                self.run_id, SYSTEM_METRICS_S, resume_logging=True, tracking_uri=self.client.tracking_uri
+            )
+            self._monitor.start()
         return self
 
     def __exit__(self, kind, error, tb):
         for sig, handler in self._saved_handlers.items():
             signal.signal(sig, handler)
+        if self._monitor is not None:
+            self._monitor.finish()  # its last samples logged while the run is still RUNNING
         status = (
             "FINISHED" if error is None else "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
         )
-        try:
-            if error is not None:
-                text = f"{type(error).__name__}: {error}"
-                self.client.set_tag(self.run_id, "archbench.error", text[:4000])
-                self.log_text("".join(traceback.format_exception(kind, error, tb)), "error.txt")
-            self.client.set_terminated(self.run_id, status)
-        except Exception as e:  # the store is gone: say so, but keep the job's own error
-            log.error("could not mark MLflow run %s %s: %s", self.run_id, status, e)
+        # each on its own: a full disk that refuses error.txt may still take the status
+        steps = [lambda: self.client.set_terminated(self.run_id, status)]
+        if error is not None:
+            text = f"{type(error).__name__}: {error}"
+            steps[:0] = [
+                lambda: self.client.set_tag(self.run_id, "archbench.error", text[:4000]),
+                lambda: self.log_text("".join(traceback.format_exception(kind, error, tb)), "error.txt"),
+            ]
+        for step in steps:
+            try:
+                step()
+            except Exception as e:  # the store is gone: say so, but keep the job's own error
+                log.error("could not mark MLflow run %s %s: %s", self.run_id, status, e)
         return False
 
     def _on_signal(self, signum, frame):
@@ -216,10 +234,47 @@ def open_run(cfg: DictConfig, name: str, tags: dict, sweep_dir: Path | None, res
     """A new run (a child of its sweep's parent run, if any), or the resumed one."""
     mlflow_client = client(cfg.tracking.uri)
     if resume_id:
-        return Run.reopen(mlflow_client, resume_id)
-    parent = sweep_dir / PARENT_FILE if sweep_dir else None
-    parent_id = parent.read_text().strip() if parent and parent.is_file() else None
-    return Run.start(mlflow_client, cfg.tracking.experiment, name, tags, parent_id)
+        run = Run.reopen(mlflow_client, resume_id)
+    else:
+        parent = sweep_dir / PARENT_FILE if sweep_dir else None
+        parent_id = parent.read_text().strip() if parent and parent.is_file() else None
+        run = Run.start(mlflow_client, cfg.tracking.experiment, name, tags, parent_id)
+    run.system_metrics = cfg.tracking.get("system_metrics", False)
+    return run
+
+
+def log_outcome(run: Run, cfg: DictConfig, network, data: Splits, predicted: torch.Tensor) -> None:
+    """What a run leaves at its end: accuracy per class, the confusion matrix, and the model.
+
+    The per-class metrics go in before the model, at the last epoch's step, so MLflow links them
+    to it together with test_accuracy and the rest.
+    """
+    classes = class_names(cfg.dataset.get("classes"), cfg.dataset.num_classes)
+    matrix = evaluation.confusion(data.y_test, predicted, len(classes))
+    shares = evaluation.per_class_accuracy(matrix)
+    run.log_metrics(
+        {metric_name("test_accuracy", c): a for c, a in zip(classes, shares, strict=True) if a is not None},
+        step=cfg.train.epochs,
+    )
+    accuracy = float(matrix.trace() / matrix.sum())
+    with tempfile.TemporaryDirectory() as tmp, run._atomic():
+        (Path(tmp) / "confusion_matrix.csv").write_text(evaluation.csv_text(matrix, classes))
+        evaluation.plot(matrix, classes, Path(tmp) / "confusion_matrix.png", f"{run.name}: test accuracy {accuracy:.4f}")
+        run.client.log_artifacts(run.run_id, tmp)
+    raw = data.x_test[: logged_model.EXAMPLE_ROWS] * data.std + data.mean  # what a user of the model has
+    with run._atomic():
+        logged_model.log_model(
+            run, network, data.mean, data.std, raw.round(decimals=3), cfg.train.epochs,
+            register=cfg.tracking.get("register"), params=flatten(cfg),
+        )  # fmt: skip
+
+
+def metric_name(prefix: str, label: str) -> str:
+    """`prefix/label` as MLflow accepts a metric name (alphanumerics, _ - . space /)."""
+    name = prefix + "/" + re.sub(r"[^\w.\- /]", "_", label)
+    if posixpath.normpath(name) != name:  # "a/../b", "//": names MLflow would read as other paths
+        name = prefix + "/" + re.sub(r"[^\w\- ]", "_", label)
+    return name
 
 
 def resume_point(cfg: DictConfig) -> tuple[DictConfig, dict]:

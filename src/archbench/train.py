@@ -166,6 +166,13 @@ class Trainer:
             f"the run diverged; try a smaller optimizer.lr (now {lr})"
         )
 
+    @torch.inference_mode()
+    def predict(self, x: torch.Tensor, batch_size: int = 10_000) -> torch.Tensor:
+        """The predicted class of every sample of x, on x's device."""
+        self.model.eval()
+        with self.autocast(x.device):
+            return torch.cat([self.model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
 
 def place(model: nn.Module, data: Splits, channels_last: bool) -> nn.Module:
     """The model on the data's device; conv nets and their inputs in NHWC if `channels_last`.
