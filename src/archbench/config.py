@@ -29,6 +29,7 @@ class ConfigError(CompactHydraException):
 def configuration(overrides: list[str]) -> str:
     """What a run compared: its overrides minus seed and bookkeeping, sorted; runs that differ only
     by seed share it, so a comparison groups them (and MLflow's runs table can, by this tag)."""
+
     def bookkeeping(override: str) -> bool:
         key = override.split("=", 1)[0].lstrip("+~")
         return any(key == k or key.startswith(f"{k}.") for k in NOT_CONFIGURATION)
@@ -182,14 +183,13 @@ def validate(cfg: DictConfig) -> torch.device:
 
 def _records(cfg):
     """What the MLflow record needs: a name per class, a registry name, a flag."""
-    classes = cfg.dataset.get("classes")
-    if classes is not None and (not isinstance(classes, ListConfig) or len(classes) != cfg.dataset.num_classes):
+    classes, count = cfg.dataset.get("classes"), cfg.dataset.num_classes
+    if classes is not None and (not isinstance(classes, ListConfig) or len(classes) != count):
         shown = OmegaConf.to_container(classes) if isinstance(classes, ListConfig) else classes
-        raise ConfigError(
-            f"dataset.classes must list dataset.num_classes={cfg.dataset.num_classes} names, got {shown!r}"
-        )
+        raise ConfigError(f"dataset.classes must list dataset.num_classes={count} names, got {shown!r}")
     register = cfg.tracking.get("register")
     if register is not None and not (isinstance(register, str) and register.strip()):
         raise ConfigError(f"tracking.register must be a registered model's name or null, got {register!r}")
-    if not isinstance(cfg.tracking.get("system_metrics", False), bool):
-        raise ConfigError(f"tracking.system_metrics must be true or false, got {cfg.tracking.system_metrics!r}")
+    flag = cfg.tracking.get("system_metrics", False)
+    if not isinstance(flag, bool):
+        raise ConfigError(f"tracking.system_metrics must be true or false, got {flag!r}")

@@ -313,6 +313,13 @@ def prepare(raw: Raw, device: torch.device, val_fraction: float, seed: int) -> S
         return None if y is None else y.to(device)
 
     return Splits(
-        norm(x_train), on(y_train), norm(raw["x_test"]), on(raw["y_test"]), norm(x_val), on(y_val), mean, std,
+        norm(x_train),
+        on(y_train),
+        norm(raw["x_test"]),
+        on(raw["y_test"]),
+        norm(x_val),
+        on(y_val),
+        mean,
+        std,
         raw.get("lineage"),
     )

@@ -36,20 +36,20 @@ def plot(matrix: torch.Tensor, classes: list[str], path: Path, title: str) -> Pa
 
     shares = matrix.double() / matrix.sum(1, keepdim=True).clamp_min(1)
     size = 2.5 + 0.45 * len(classes)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    image = ax.imshow(shares.numpy(), cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(shares.numpy(), cmap="Blues", vmin=0, vmax=1)  # no colour bar: it took 0.05 s of 0.17
     ticks = range(len(classes))
     ax.set_xticks(ticks, classes, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(ticks, classes, fontsize=8)
-    ax.set_xlabel("predicted")
+    ax.set_xlabel("predicted (shade: share of the true class)")
     ax.set_ylabel("true")
     if len(classes) <= 20:  # counts stay legible up to 20 classes
-        for (i, j), count in zip(((i, j) for i in ticks for j in ticks), matrix.flatten().tolist(), strict=True):
-            color = "white" if shares[i, j] > 0.5 else "black"
-            ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color=color)
+        for i, row in enumerate(matrix.tolist()):
+            for j, count in enumerate(row):
+                color = "white" if shares[i, j] > 0.5 else "black"
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color=color)
     ax.set_title(title, fontsize=9)
-    fig.subplots_adjust(left=0.2, bottom=0.17, right=0.9, top=0.94)  # fixed: tight_layout costs 0.13 s
+    fig.subplots_adjust(left=0.2, bottom=0.2, right=0.97, top=0.94)  # fixed: tight_layout costs 0.13 s
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -42,7 +42,8 @@ def log_model(run, network: nn.Module, mean, std, raw_example, step: int, regist
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    model = RawInput(copy.deepcopy(network).cpu().eval(), mean.detach().cpu(), std.detach().cpu()).eval()
+    network = copy.deepcopy(network).to("cpu", memory_format=torch.contiguous_format).eval()  # NCHW: as given
+    model = RawInput(network, mean.detach().cpu(), std.detach().cpu()).eval()
     example = raw_example[:EXAMPLE_ROWS].detach().cpu().float().numpy()
     with torch.inference_mode():
         classes = model(torch.from_numpy(example)).shape[1]
@@ -64,6 +65,7 @@ def log_model(run, network: nn.Module, mean, std, raw_example, step: int, regist
             # what loading a pt2 model needs (MLflow adds itself); given, so MLflow infers nothing
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             registered_model_name=register,
+            validate_serving_input=False,  # it loads the model back and predicts: 0.1 s; the tests do that
             step=step,
         )
     return logged.model_id
@@ -71,19 +73,20 @@ def log_model(run, network: nn.Module, mean, std, raw_example, step: int, regist
 
 @contextmanager
 def _tracking_uri(uri: str):
-    """MLflow's process-wide tracking URI pointed at `uri`, then restored, MLFLOW_TRACKING_URI with it.
+    """MLflow's process-wide tracking URI pointed at `uri`, then put back as it was, with MLFLOW_TRACKING_URI.
 
     mlflow's own helper for this (_use_tracking_uri) unsets MLFLOW_TRACKING_URI on the way out,
     which would move the next job of a sweep, whose tracking.uri reads it, to another store.
     """
     import mlflow
+    from mlflow.tracking._tracking_service import utils
 
-    saved, saved_env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    saved, saved_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(saved)
+        mlflow.set_tracking_uri(saved)  # which also sets or unsets MLFLOW_TRACKING_URI: restored below
         if saved_env is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:

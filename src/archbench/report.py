@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from archbench import tracking
+from archbench import store, tracking
 from archbench.config import GROUPS
 
 NUMBERS = ("test_accuracy", "val_accuracy", "train_time_s", "params_total")
@@ -192,8 +192,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    mlflow_client = tracking.client(args.tracking_uri)
-    rows, title, name = find_rows(mlflow_client, args.parent, args.experiment)
+    try:
+        mlflow_client = tracking.client(args.tracking_uri)
+        rows, title, name = find_rows(mlflow_client, args.parent, args.experiment)
+    except Exception as e:  # a store that is locked, unreadable or not answering: one line
+        line = store.failure(e, args.tracking_uri)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 1
     if not rows:
         print(f"nothing to compare in {tracking.redact(args.tracking_uri)}: {title}", file=sys.stderr)
         return 1

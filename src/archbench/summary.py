@@ -36,7 +36,9 @@ def model_summary(model: nn.Module, input_shape, batch_size: int = 1, device="cp
     # "Units.MEGABYTES": the line read "Total mult-adds (Units.MEGABYTES): 7.95". Written anew
     # from the number, in torchinfo's own units, whatever its version prints.
     unit, value = _unit(stats.total_mult_adds)
-    return re.sub(r"^Total mult-adds.*$", f"Total mult-adds ({unit}): {value:.2f}", str(stats), count=1, flags=re.M)
+    return re.sub(
+        r"^Total mult-adds.*$", f"Total mult-adds ({unit}): {value:.2f}", str(stats), count=1, flags=re.M
+    )
 
 
 def mult_adds(model: nn.Module, input_shape, device="cpu") -> int:

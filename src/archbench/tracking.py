@@ -160,13 +160,13 @@ class Run:
 
         inputs = []
         for split, d in lineage.items():
-            files = Path(d.source).is_absolute()
-            source = {"uri": d.source, "files": d.parts} if files else {"generator": d.source, "parameters": d.parts}
+            files = Path(d.source).is_absolute()  # else generated: the source names its generator
+            source = {"uri": d.source, "files": d.parts} if files else {"generator": d.source, **d.parts}
             schema = TensorDatasetSchema(
                 Schema([TensorSpec(np.dtype(d.dtype), (-1, *d.shape), "image")]),
                 Schema([TensorSpec(np.dtype("int64"), (-1,), "label")]),
             )
-            profile = {"num_rows": d.rows, "shape": d.shape, "num_classes": len(d.classes), "classes": d.classes}
+            profile = {"num_rows": d.rows, "shape": d.shape, "classes": d.classes}
             dataset = Dataset(
                 d.name, d.digest, "local" if files else "code", json.dumps(source),
                 json.dumps(schema.to_dict()), json.dumps(profile),
@@ -256,10 +256,10 @@ def log_outcome(run: Run, cfg: DictConfig, network, data: Splits, predicted: tor
         {metric_name("test_accuracy", c): a for c, a in zip(classes, shares, strict=True) if a is not None},
         step=cfg.train.epochs,
     )
-    accuracy = float(matrix.trace() / matrix.sum())
+    title = f"{run.name}: test accuracy {float(matrix.trace() / matrix.sum()):.4f}"
     with tempfile.TemporaryDirectory() as tmp, run._atomic():
         (Path(tmp) / "confusion_matrix.csv").write_text(evaluation.csv_text(matrix, classes))
-        evaluation.plot(matrix, classes, Path(tmp) / "confusion_matrix.png", f"{run.name}: test accuracy {accuracy:.4f}")
+        evaluation.plot(matrix, classes, Path(tmp) / "confusion_matrix.png", title)
         run.client.log_artifacts(run.run_id, tmp)
     raw = data.x_test[: logged_model.EXAMPLE_ROWS] * data.std + data.mean  # what a user of the model has
     with run._atomic():

@@ -171,7 +171,8 @@ class Trainer:
         """The predicted class of every sample of x, on x's device."""
         self.model.eval()
         with self.autocast(x.device):
-            return torch.cat([self.model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+            batches = (x[i : i + batch_size] for i in range(0, len(x), batch_size))
+            return torch.cat([self.model(xb).argmax(1) for xb in batches])
 
 
 def place(model: nn.Module, data: Splits, channels_last: bool) -> nn.Module:
