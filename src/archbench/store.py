@@ -21,7 +21,7 @@ from hydra.errors import CompactHydraException
 
 log = logging.getLogger(__name__)
 
-PROBE_S = 3  # seconds a server gets to answer /health (one that is just starting, too) before we refuse
+PROBE_S = 2  # seconds a server gets to answer /health before a run refuses to start
 LOCK_S = 600  # how long a process waits for another's store creation or migration (seconds)
 # MLflow's own HTTP retries (7, backoff factor 2: ~4 minutes) stay as they are: they ride out a
 # server restarted during a run. Only the first contact is ours, with a short timeout.
@@ -117,21 +117,24 @@ def _probe(uri: str) -> None:
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
-    start, reason = time.monotonic(), ""
-    while time.monotonic() - start < PROBE_S:
-        try:  # MLflow's own request: its TLS and authentication settings apply
+    deadline, reason = time.monotonic() + PROBE_S, ""
+    while True:
+        try:  # MLflow's own request: its TLS and authentication settings apply; no retries of its own
             response = http_request(
-                get_default_host_creds(uri), "/health", "GET", max_retries=0, timeout=3, raise_on_status=False
-            )
+                get_default_host_creds(uri), "/health", "GET", max_retries=0,
+                timeout=max(0.5, deadline - time.monotonic()), raise_on_status=False,
+            )  # fmt: skip
             if response.status_code not in (502, 503, 504):  # a proxy whose server is down
                 return
             reason = f"HTTP {response.status_code}"
         except Exception as e:
             reason = _reason(e)
-        time.sleep(1)
+        if time.monotonic() + 0.5 >= deadline:
+            break
+        time.sleep(0.5)  # a server still binding its port refuses for a moment
     raise StoreError(
-        f"tracking.uri={redact(uri)} does not answer ({reason}, {time.monotonic() - start:.0f} s): start the "
-        "server (make server) or check the address; nothing was run"
+        f"tracking.uri={redact(uri)} does not answer ({reason} at /health, {PROBE_S} s): start the server "
+        "(make server) or check the address; nothing was run"
     )
 
 
