@@ -80,8 +80,8 @@ def test_everything_started_at_once_succeeds_and_the_store_stays_readable(tmp_pa
         out, err = process.communicate(timeout=300)
         assert process.returncode == 0, err[-3000:]
     out, err = processes[-1].communicate(timeout=120)
-    # the report may start before any sweep exists: then it says so, in one line
-    assert processes[-1].returncode == 0 or err.startswith("nothing to compare"), err[-3000:]
+    # the report may start before any sweep exists: then it says so
+    assert processes[-1].returncode == 0 or err.splitlines()[-1].startswith("nothing to compare"), err
     assert "Traceback" not in err
     version, leftovers = schema(db)
     assert version == _get_latest_schema_revision() and leftovers == []
@@ -131,7 +131,7 @@ def test_a_server_restarted_during_a_run_loses_nothing(tmp_path):
         return server
 
     server = serve()
-    job = start(tmp_path, *SLOW, "train.epochs=5", f"tracking.uri={url}")
+    job = start(tmp_path, *SLOW, "train.epochs=3", f"tracking.uri={url}")
     try:
         deadline = time.monotonic() + 120
         while not epochs_logged(folder / "mlflow.db"):
@@ -143,25 +143,22 @@ def test_a_server_restarted_during_a_run_loses_nothing(tmp_path):
         server = serve()
         outage = time.monotonic() - down
         out, err = job.communicate(timeout=300)
+        finished = time.monotonic() - down
         assert job.returncode == 0, err[-3000:]
+        import mlflow
+
+        mlflow_client = mlflow.MlflowClient(url)
+        experiment = mlflow_client.get_experiment_by_name("archbench").experiment_id
+        (run,) = mlflow_client.search_runs([experiment])
+        assert run.info.status == "FINISHED"
+        for key in ("train_loss", "test_accuracy", "epoch_time_s"):
+            history = mlflow_client.get_metric_history(run.info.run_id, key)
+            assert sorted(m.step for m in history) == [1, 2, 3], key
+        assert len(run.outputs.model_outputs) == 1
     finally:
         job.kill()
         stop_group(server)
-    import mlflow
-
-    mlflow_client = mlflow.MlflowClient(url)
-    (run,) = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("archbench").experiment_id])
-    assert run.info.status == "FINISHED", outage
-    for key in ("train_loss", "test_accuracy", "epoch_time_s"):
-        assert sorted(m.step for m in mlflow_client.get_metric_history(run.info.run_id, key)) == [
-            1,
-            2,
-            3,
-            4,
-            5,
-        ]
-    assert len(run.outputs.model_outputs) == 1
-    print(f"outage ridden out: {outage:.1f} s")
+    print(f"server down {outage:.1f} s; the run finished {finished:.1f} s after the server went down")
 
 
 @pytest.mark.slow
