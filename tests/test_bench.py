@@ -38,3 +38,10 @@ def test_accuracy_parity_runs(tmp_path):
     acc = r"[01]\.\d{4}"
     assert re.search(rf"\| mlp-tanh \| {acc} ± {acc} \({acc}, {acc}\) \| {acc} ± ", table)
     assert "| cnn3-relu |" in table
+
+
+def test_record_cost_runs(tmp_path):
+    table = bench("record_cost.py", tmp_path, "--runs", "2", "--epochs", "1")
+    seconds = r"\d+\.\d+ \(\d+\.\d+\)"  # wall (CPU)
+    for piece in ("logged model (pt2)", "confusion matrix PNG", "dataset records", "whole run"):
+        assert re.search(rf"\| {re.escape(piece)} \| {seconds} \| {seconds} \|", table), piece

@@ -198,6 +198,10 @@ def test_a_read_only_store_is_one_line(tmp_path, small_disk):
     line = one_line_error(start(tmp_path, f"tracking.uri=sqlite:///{db}"))
     assert line.startswith(f"error: the MLflow store {db} is read-only"), line
     assert "attempt to write a readonly database" in line and "make it writable" in line
+    # reading needs no lock file (none can be made there): the report reads it
+    report = start(tmp_path, "--tracking-uri", f"sqlite:///{db}", program=("-m", "archbench.report"))
+    _, err = report.communicate(timeout=120)
+    assert err.strip().endswith("no sweep recorded yet") and "Traceback" not in err, err
 
 
 def test_a_full_disk_is_one_line_and_the_run_is_failed_where_the_store_can_say_so(tmp_path, small_disk):
