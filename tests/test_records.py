@@ -1,11 +1,15 @@
 """What a run leaves for MLflow's own tools: a model that loads anywhere and takes raw pixels, the
 datasets it read, its confusion matrix and accuracy per class, mult-adds, and on request a registered
-model version and system metrics."""
+model version and system metrics.
+
+The runs share one store (a fresh MLflow database costs seconds of migrations): see `runs`.
+"""
 
 import csv
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import mlflow
 import pytest
@@ -20,7 +24,6 @@ from archbench.summary import model_summary, mult_adds
 from archbench.tracking import metric_name
 from conftest import all_runs, compose_job, store
 from datafiles import write_idx_set
-from test_lifecycle import SLOW
 
 # A fresh interpreter that cannot import archbench: what someone with only the run id has.
 LOAD = """
@@ -33,79 +36,109 @@ x, y = torch.load(sys.argv[3])
 with torch.inference_mode():
     print((model(x).argmax(1) == y).sum().item())
 """
+REGISTERED = "archbench-mlp"
 
 
-def one_run(tmp_path, *overrides):
-    cfg = compose_job(tmp_path, *overrides)
-    main(cfg)
-    (run,) = all_runs(tmp_path)
-    return cfg, run
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Four runs in one store: `asked` (registered, system metrics, 2 epochs), `plain` (registered),
+    `cnn` (cnn3: BatchNorm, channels-last) and `files` (Fashion-MNIST's layout, from small IDX files)."""
+    tmp = tmp_path_factory.mktemp("records")
+    write_idx_set(tmp / "data" / "FashionMNIST" / "raw", n_train=60, n_test=20)
+    jobs = {
+        "asked": ("train.epochs=2", f"tracking.register={REGISTERED}", "tracking.system_metrics=true"),
+        "plain": (f"tracking.register={REGISTERED}", "seed=1", "dataset.test_size=50"),
+        "cnn": ("model=cnn3", "dataset.train_size=500"),
+        "files": ("dataset=fashion_mnist", "dataset.system_dir=null", "train.batch_size=20"),
+    }
+    found = {}
+    with pytest.MonkeyPatch.context() as patch:
+        # MLflow's own override of the sampling interval (archbench's: 1 s): these runs are short
+        patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")
+        for name, overrides in jobs.items():
+            before = {r.info.run_id for r in all_runs(tmp)} if (tmp / "mlruns").exists() else set()
+            cfg = compose_job(tmp, *overrides)
+            main(cfg)
+            (run,) = [r for r in all_runs(tmp) if r.info.run_id not in before]
+            found[name] = SimpleNamespace(cfg=cfg, run=run)
+    return SimpleNamespace(tmp=tmp, **found)
 
 
-def correct_in_a_fresh_process(cfg, run, tmp_path) -> tuple[int, int]:
-    raw = instantiate(cfg.dataset).load(tmp_path / "data")
-    torch.save((raw["x_test"].float(), raw["y_test"]), tmp_path / "test.pt")
-    args = [cfg.tracking.uri, run.info.run_id, str(tmp_path / "test.pt")]
+def raw_test_set(job, tmp):
+    raw = instantiate(job.cfg.dataset).load(tmp / "data")
+    return raw["x_test"].float(), raw["y_test"]
+
+
+def test_the_logged_model_reproduces_the_runs_test_accuracy_from_raw_pixels(runs):
+    run, tmp = runs.asked.run, runs.tmp
+    torch.save(raw_test_set(runs.asked, tmp), tmp / "test.pt")
+    args = [runs.asked.cfg.tracking.uri, run.info.run_id, str(tmp / "test.pt")]
     done = subprocess.run([sys.executable, "-c", LOAD, *args], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    return int(done.stdout.split()[-1]), len(raw["y_test"])
+    correct = int(done.stdout.split()[-1])
+    assert correct / 500 == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-9)
+    assert 0.5 < correct / 500 < 1  # trained, and normalised inside: raw input without it fails
 
 
-def test_the_logged_model_reproduces_the_runs_test_accuracy_from_raw_pixels(tmp_path):
-    cfg, run = one_run(tmp_path, "train.epochs=2")
-    correct, n = correct_in_a_fresh_process(cfg, run, tmp_path)
-    assert correct / n == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-9)
-    assert 0.5 < correct / n < 1  # trained, and the normalisation applied: unnormalised input fails
+def test_the_logged_model_is_mlflows_own(runs):
+    run = runs.asked.run
     (output,) = run.outputs.model_outputs
-    logged = store(tmp_path).get_logged_model(output.model_id)
+    logged = store(runs.tmp).get_logged_model(output.model_id)
     assert logged.name == "model" and logged.source_run_id == run.info.run_id
     assert logged.experiment_id == run.info.experiment_id, "in the run's experiment, not Default"
     assert logged.params["optimizer.lr"] == "0.1" and str(logged.status) == "READY"
     assert {m.key for m in logged.metrics} >= {"test_accuracy", "mult_adds", "test_accuracy/class0"}
-    with _tracking_uri(cfg.tracking.uri):
+    with _tracking_uri(runs.asked.cfg.tracking.uri):
         folder = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model")
     requirements = open(f"{folder}/requirements.txt").read().split()
     assert f"torch=={torch.__version__.split('+')[0]}" in requirements and len(requirements) == 2
-    example = json.load(open(f"{folder}/input_example.json"))
-    assert torch.tensor(example).shape == (2, 1, 28, 28)
+    example = torch.tensor(json.load(open(f"{folder}/input_example.json")))
+    assert example.shape == (2, 1, 28, 28)
+    names = {a.path for a in store(runs.tmp).list_artifacts(run.info.run_id)}
+    assert "model" not in names and "checkpoint" in names, "runs:/<id>/model is the MLflow model"
 
 
-def test_a_cnn_with_batchnorm_in_nhwc_loads_the_same(tmp_path):
-    cfg, run = one_run(tmp_path, "model=cnn3", "dataset.train_size=500")
-    with _tracking_uri(cfg.tracking.uri):
-        model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
-    raw = instantiate(cfg.dataset).load(tmp_path / "data")
+def test_a_cnn_with_batchnorm_in_nhwc_loads_the_same(runs):
+    with _tracking_uri(runs.cnn.cfg.tracking.uri):
+        model = mlflow.pytorch.load_model(f"runs:/{runs.cnn.run.info.run_id}/model")
+    x, y = raw_test_set(runs.cnn, runs.tmp)
     with torch.inference_mode():
-        accuracy = (model(raw["x_test"]).argmax(1) == raw["y_test"]).float().mean().item()
+        accuracy = (model(x).argmax(1) == y).float().mean().item()
     # the run evaluated channels-last tensors: summation order may differ, a tie at most flips
-    assert accuracy == pytest.approx(run.data.metrics["test_accuracy"], abs=1.5 / len(raw["y_test"]))
+    assert accuracy == pytest.approx(runs.cnn.run.data.metrics["test_accuracy"], abs=1.5 / len(y))
 
 
-def test_registering_makes_a_new_version_per_run(tmp_path):
-    for seed in (0, 1):
-        cfg = compose_job(tmp_path, "tracking.register=archbench-mlp", f"seed={seed}")
-        main(cfg)
-    registry = store(tmp_path)
-    versions = sorted(registry.search_model_versions("name = 'archbench-mlp'"), key=lambda v: int(v.version))
-    runs = {r.info.run_id: r for r in all_runs(tmp_path)}
-    assert [int(v.version) for v in versions] == [1, 2] and {v.run_id for v in versions} == set(runs)
+def test_registering_makes_a_new_version_per_run(runs):
+    found = store(runs.tmp).search_model_versions(f"name = '{REGISTERED}'")
+    versions = sorted(found, key=lambda v: int(v.version))
+    assert [int(v.version) for v in versions] == [1, 2]
+    assert [v.run_id for v in versions] == [runs.asked.run.info.run_id, runs.plain.run.info.run_id]
     assert all(v.status == "READY" and v.source.startswith("models:/m-") for v in versions)
-    with _tracking_uri(cfg.tracking.uri):
-        assert isinstance(mlflow.pytorch.load_model("models:/archbench-mlp/2"), torch.nn.Module)
+    with _tracking_uri(runs.asked.cfg.tracking.uri):
+        model = mlflow.pytorch.load_model(f"models:/{REGISTERED}/2")
+    x, y = raw_test_set(runs.plain, runs.tmp)
+    with torch.inference_mode():
+        correct = (model(x).argmax(1) == y).sum().item()
+    assert correct / len(y) == pytest.approx(runs.plain.run.data.metrics["test_accuracy"], abs=1e-9)
 
 
-def test_confusion_matrix_and_accuracy_per_class(tmp_path):
-    cfg, run = one_run(tmp_path, "dataset.test_size=300")
-    path = store(tmp_path).download_artifacts(run.info.run_id, "confusion_matrix.csv", str(tmp_path))
+def test_confusion_matrix_and_accuracy_per_class(runs):
+    run = runs.plain.run  # 50 test images
+    path = store(runs.tmp).download_artifacts(run.info.run_id, "confusion_matrix.csv", str(runs.tmp))
     header, *rows = list(csv.reader(open(path)))
     assert header == ["true \\ predicted", *(f"class{i}" for i in range(10))]
     counts = [[int(c) for c in row[1:]] for row in rows]
-    assert sum(map(sum, counts)) == 300
-    assert sum(counts[i][i] for i in range(10)) / 300 == pytest.approx(run.data.metrics["test_accuracy"])
+    assert sum(map(sum, counts)) == 50
+    assert sum(counts[i][i] for i in range(10)) / 50 == pytest.approx(run.data.metrics["test_accuracy"])
     for i, row in enumerate(counts):
-        assert run.data.metrics[f"test_accuracy/class{i}"] == pytest.approx(row[i] / sum(row))
-    png = store(tmp_path).download_artifacts(run.info.run_id, "confusion_matrix.png", str(tmp_path))
+        if sum(row):
+            assert run.data.metrics[f"test_accuracy/class{i}"] == pytest.approx(row[i] / sum(row))
+        else:  # a class the test set lacks has no accuracy, rather than a made-up one
+            assert f"test_accuracy/class{i}" not in run.data.metrics
+    png = store(runs.tmp).download_artifacts(run.info.run_id, "confusion_matrix.png", str(runs.tmp))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    named = runs.files.run.data.metrics
+    assert {"test_accuracy/T-shirt/top", "test_accuracy/Ankle boot"} <= set(named)
 
 
 def test_metric_names_keep_class_names_mlflow_accepts():
@@ -115,12 +148,16 @@ def test_metric_names_keep_class_names_mlflow_accepts():
     assert metric_name("test_accuracy", "../x") == "test_accuracy/___x"  # not a path MLflow would resolve
 
 
-def test_dataset_records_name_the_files_and_their_digest(tmp_path):
-    folder = tmp_path / "data" / "FashionMNIST" / "raw"
-    write_idx_set(folder, n_train=60, n_test=20)
-    args = ("dataset=fashion_mnist", "dataset.system_dir=null", "train.batch_size=20")
-    _, run = one_run(tmp_path, *args)
-    by_context = {d.tags[0].value: d.dataset for d in run.inputs.dataset_inputs}
+def test_system_metrics_only_when_asked(runs):
+    asked = {k for k in runs.asked.run.data.metrics if k.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= asked
+    assert not [k for k in runs.plain.run.data.metrics if k.startswith("system/")]
+    assert runs.asked.run.info.status == "FINISHED"
+
+
+def test_dataset_records_name_the_files_and_their_digest(runs):
+    folder = runs.tmp / "data" / "FashionMNIST" / "raw"
+    by_context = {d.tags[0].value: d.dataset for d in runs.files.run.inputs.dataset_inputs}
     assert set(by_context) == {"train", "test"}
     train, test = by_context["train"], by_context["test"]
     assert train.name == test.name == "fashion_mnist" and train.digest != test.digest
@@ -132,6 +169,8 @@ def test_dataset_records_name_the_files_and_their_digest(tmp_path):
     assert profile["num_rows"] == 20 and profile["shape"] == [1, 28, 28]
     assert profile["classes"][0] == "T-shirt/top" and profile["classes"][9] == "Ankle boot"
     assert "uint8" in test.schema
+    synthetic = {d.tags[0].value: d.dataset for d in runs.asked.run.inputs.dataset_inputs}
+    assert synthetic["train"].source_type == "code" and synthetic["train"].name == "synthetic"
 
 
 def test_digests_are_hashed_once_and_cached_with_the_tensors(tmp_path, monkeypatch):
@@ -155,11 +194,13 @@ def test_synthetic_data_is_named_by_what_generates_it(tmp_path):
     assert digests[0] == digests[1] != digests[2]
 
 
-def test_summary_prints_mult_adds_with_their_unit_and_the_run_logs_them_per_sample():
+def test_summary_prints_mult_adds_with_their_unit_and_the_run_logs_them_per_sample(runs):
     model = MLP([1, 28, 28], [100], 10, torch.nn.ReLU)
     text = model_summary(model, [1, 28, 28], batch_size=100)
     assert "Total mult-adds (M): 7.95" in text.splitlines() and "Units." not in text
     assert mult_adds(model, [1, 28, 28]) == 79_510  # one multiply-add per weight of 784-100-10
+    assert runs.plain.run.data.metrics["mult_adds"] == 79_510
+    assert runs.cnn.run.data.metrics["mult_adds"] == 2_857_002  # cnn3 on 1x28x28
 
 
 def test_classes_must_match_num_classes(tmp_path):
@@ -168,16 +209,3 @@ def test_classes_must_match_num_classes(tmp_path):
     with pytest.raises(SystemExit, match="error: tracking.register must be a registered model's name"):
         main(compose_job(tmp_path, "tracking.register=''"))
     assert not (tmp_path / "mlruns").exists()
-
-
-def test_system_metrics_when_asked(tmp_path):
-    # ~3 s of training, so that MLflow's monitor (1 s interval here) samples at least once
-    _, run = one_run(tmp_path, *SLOW[:2], "train.epochs=2", "tracking.system_metrics=true")
-    system = {k for k in run.data.metrics if k.startswith("system/")}
-    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system
-    assert run.info.status == "FINISHED"
-
-
-def test_no_system_metrics_by_default(tmp_path):
-    _, run = one_run(tmp_path)
-    assert not [k for k in run.data.metrics if k.startswith("system/")]

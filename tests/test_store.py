@@ -191,9 +191,11 @@ def small_disk(tmp_path):
 
 
 def test_a_read_only_store_is_one_line(tmp_path, small_disk):
+    made = tmp_path / "made" / "mlflow.db"  # made here and copied: files open on the disk block a remount
+    store_module.client(f"sqlite:///{made}").search_experiments()
     db = small_disk / "mlruns" / "mlflow.db"
-    create = f"from archbench.store import client; client('sqlite:///{db}')"  # elsewhere: files open
-    subprocess.run([sys.executable, "-c", create], check=True, capture_output=True)  # block a remount
+    db.parent.mkdir()
+    shutil.copy(made, db)
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     line = one_line_error(start(tmp_path, f"tracking.uri=sqlite:///{db}"))
     assert line.startswith(f"error: the MLflow store {db} is read-only"), line
@@ -204,6 +206,7 @@ def test_a_read_only_store_is_one_line(tmp_path, small_disk):
     assert err.strip().endswith("no sweep recorded yet") and "Traceback" not in err, err
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_the_run_is_failed_where_the_store_can_say_so(tmp_path, small_disk):
     # the database on the big disk, the run's artifacts on the small one: the checkpoint does not fit
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
