@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from archbench import app, tracking
 from archbench import store as store_module
-from conftest import ROOT, all_runs, free_port, shrunk, stop_group, wait_for_health
+from conftest import ROOT, all_runs, compose_job, free_port, shrunk, stop_group, wait_for_health
 from test_lifecycle import SLOW, epochs_logged
 from test_server import missing
 
@@ -235,6 +236,20 @@ def test_a_full_disk_is_one_line_and_the_run_is_failed_where_the_store_can_say_s
     line = one_line_error(start(tmp_path, f"tracking.uri=sqlite:///{db}"))
     assert line.startswith(f"error: no space left for the MLflow store {db}"), line
     assert "database or disk is full" in line
+
+
+@pytest.mark.parametrize("mode", ["RUN", "MULTIRUN"])
+def test_a_store_failure_at_the_end_of_a_run_fails_it_in_one_line(tmp_path, monkeypatch, mode):
+    def locked(*args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(tracking, "log_outcome", locked)
+    # one line: SystemExit for a single run; in a sweep the job's own error, and the sweep goes on
+    expected = SystemExit if mode == "RUN" else store_module.StoreError
+    with pytest.raises(expected, match=r"^(error: )?the MLflow store .* is locked by another process"):
+        app.main(compose_job(tmp_path, f"hydra.mode={mode}"))
+    (run,) = all_runs(tmp_path)
+    assert run.info.status == "FAILED" and "database is locked" in run.data.tags["archbench.error"]
 
 
 def test_failures_that_are_not_the_stores_are_not_dressed_as_such():

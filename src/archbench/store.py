@@ -3,8 +3,9 @@ server that does not answer refused in seconds, and every failure to reach or wr
 
 MLflow creates and migrates a SQLite store on first use without a lock of its own (3.17 locks only
 its job and workspace tables): processes started together on a fresh file raced, and one that lost
-left `_alembic_tmp_experiments` behind, unreadable for good. An out-of-date schema MLflow refuses
-("Detected out-of-date database schema"): archbench backs the file up and upgrades it, under the lock.
+left `_alembic_tmp_experiments` behind, unreadable for good. An old store MLflow migrates on its own
+when one of its tables is missing (without a copy), and refuses when none is ("Detected out-of-date
+database schema"): archbench copies it to mlflow.db.<revision>.bak and upgrades it, under the lock.
 """
 
 import errno
@@ -56,8 +57,9 @@ def client(uri: str):
         uri = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     if uri not in _checked:
         logging.getLogger("alembic").setLevel(logging.WARNING)
-        # MLflow logs a database error with its traceback before raising it; the error is ours to say
-        logging.getLogger("mlflow.store.db.utils").addFilter(lambda record: not record.exc_info)
+        database = logging.getLogger("mlflow.store.db.utils")
+        if _without_traceback not in database.filters:
+            database.addFilter(_without_traceback)
         try:
             if uri.startswith("sqlite:///"):
                 _prepare_sqlite(uri)
@@ -66,9 +68,14 @@ def client(uri: str):
         except StoreError:
             raise
         except Exception as e:
-            raise StoreError(failure(e, uri) or f"{redact(uri)}: {type(e).__name__}: {e}") from e
+            raise StoreError(failure(e, uri) or f"the MLflow store {_where(uri)}: {_detail([e])}") from e
         _checked.add(uri)
     return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def _without_traceback(record: logging.LogRecord) -> bool:
+    """MLflow logs a database error with its traceback before raising it: the error is ours to say."""
+    return not record.exc_info
 
 
 def _prepare_sqlite(uri: str) -> None:
@@ -172,7 +179,7 @@ def failure(error: BaseException, uri: str) -> str | None:
     if "database is locked" in text:
         return (
             f"the MLflow store {where} is locked by another process (SQLite: database is locked): let it "
-            f"finish or stop it (fuser {where} names it), then run again"
+            f"finish or stop it (`fuser {where}` names it), then run again"
         )
     if any(isinstance(e, Timeout) for e in chain):
         return (
