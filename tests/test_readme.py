@@ -61,8 +61,9 @@ PROMISES = {
     ),
     "python run.py +search=lr_batch model=cnn2 hydra.sweeper.n_trials=30": Promise(jobs=3, sweeps=1),
     "python run.py +search=lr_batch 'activation=choice(relu,tanh,sigmoid)'": Promise(jobs=3, sweeps=1),
-    "python run.py tracking.register=fashion-mlp": Promise(jobs=1, names=("mlp-relu-sgd",)),
-    "python run.py tracking.system_metrics=true": Promise(jobs=1, names=("mlp-relu-sgd",)),
+    "python run.py tracking.register=fashion-mlp tracking.system_metrics=true": Promise(
+        jobs=1, names=("mlp-relu-sgd",)
+    ),
 }
 
 # Commands that cannot run here, each with the reason; all are covered elsewhere where they can be.
