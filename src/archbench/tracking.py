@@ -195,19 +195,18 @@ class Run:
         status = (
             "FINISHED" if error is None else "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
         )
-        # each on its own: a full disk that refuses error.txt may still take the status
-        steps = [lambda: self.client.set_terminated(self.run_id, status)]
+        try:
+            if error is not None:
+                text = f"{type(error).__name__}: {error}"
+                self.client.set_tag(self.run_id, "archbench.error", text[:4000])
+            self.client.set_terminated(self.run_id, status)
+        except Exception as e:  # the store is gone: say so, but keep the job's own error
+            log.error("could not mark MLflow run %s %s: %s", self.run_id, status, e)
         if error is not None:
-            text = f"{type(error).__name__}: {error}"
-            steps[:0] = [
-                lambda: self.client.set_tag(self.run_id, "archbench.error", text[:4000]),
-                lambda: self.log_text("".join(traceback.format_exception(kind, error, tb)), "error.txt"),
-            ]
-        for step in steps:
-            try:
-                step()
-            except Exception as e:  # the store is gone: say so, but keep the job's own error
-                log.error("could not mark MLflow run %s %s: %s", self.run_id, status, e)
+            try:  # after the status: a full disk that refuses this file may still have taken that
+                self.log_text("".join(traceback.format_exception(kind, error, tb)), "error.txt")
+            except Exception as e:
+                log.error("could not save error.txt of MLflow run %s: %s", self.run_id, e)
         return False
 
     def _on_signal(self, signum, frame):
