@@ -24,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from archbench import app, evaluation, logged_model, tracking  # noqa: E402
+from archbench import app, evaluation, logged_model, records  # noqa: E402
 from archbench.train import Trainer  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -33,8 +33,8 @@ PIECES = {  # (owner, attribute): what the table calls it
     (evaluation, "plot"): "confusion matrix PNG",
     (Trainer, "predict"): "test-set predictions",
     (app, "mult_adds"): "mult-adds (torchinfo)",
-    (tracking.Run, "log_datasets"): "dataset records",
-    (tracking, "log_outcome"): "all at the run's end",
+    (records, "log_datasets"): "dataset records",
+    (records, "log_outcome"): "all at the run's end",
 }
 
 

@@ -20,8 +20,8 @@ from archbench import data as data_module
 from archbench.app import main
 from archbench.logged_model import _tracking_uri
 from archbench.models import MLP
+from archbench.records import metric_name
 from archbench.summary import model_summary, mult_adds
-from archbench.tracking import metric_name
 from conftest import all_runs, compose_job, store
 from datafiles import write_idx_set
 

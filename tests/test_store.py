@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from archbench import app, tracking
+from archbench import app, records
 from archbench import store as store_module
 from conftest import ROOT, all_runs, compose_job, free_port, shrunk, stop_group, wait_for_health
 from test_lifecycle import SLOW, epochs_logged
@@ -243,7 +243,7 @@ def test_a_store_failure_at_the_end_of_a_run_fails_it_in_one_line(tmp_path, monk
     def locked(*args, **kwargs):
         raise sqlite3.OperationalError("database is locked")
 
-    monkeypatch.setattr(tracking, "log_outcome", locked)
+    monkeypatch.setattr(records, "log_outcome", locked)
     # one line: SystemExit for a single run; in a sweep the job's own error, and the sweep goes on
     expected = SystemExit if mode == "RUN" else store_module.StoreError
     with pytest.raises(expected, match=r"^(error: )?the MLflow store .* is locked by another process"):

@@ -11,7 +11,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from archbench import store, tracking
+from archbench import records, store, tracking
 from archbench.config import GROUPS, configuration, validate
 from archbench.data import prepare
 from archbench.summary import breakdown, model_summary, mult_adds, parameter_counts
@@ -101,7 +101,7 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
             summary = model_summary(trainer.module, cfg.model.input_shape, cfg.train.batch_size, device)
             run.log_text(summary, "model_summary.txt")
             if data.lineage:
-                run.log_datasets(data.lineage)  # the UI's Datasets column: what the run learned from
+                records.log_datasets(run, data.lineage)  # the UI's Datasets column
 
         def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
             nonlocal spent
@@ -119,7 +119,7 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
         }
         run.log_metrics(totals, step=cfg.train.epochs)
         # the model (runs:/<id>/model), confusion matrix and accuracy per class
-        tracking.log_outcome(run, cfg, trainer.module, data, trainer.predict(data.x_test))
+        records.log_outcome(run, cfg, trainer.module, data, trainer.predict(data.x_test))
     final.update(totals)
     log.info("%s: %s", run.name, ", ".join(f"{k}={v:.4g}" for k, v in final.items()))
     return final.get("val_accuracy", final["test_accuracy"])

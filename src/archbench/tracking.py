@@ -1,13 +1,12 @@
-"""Everything MLflow: one run per job, its lifecycle, metrics, artifacts, checkpoints, datasets and
-model. The store itself (creating, upgrading, reaching it, and its failures) is store.py's.
+"""Everything MLflow: one run per job, its lifecycle, metrics, artifacts and checkpoints. The store
+itself (creating, upgrading, reaching it, its failures) is store.py's; what a classifier's run
+records beyond its metrics (datasets, confusion matrix, per-class accuracy, the model), records.py's.
 
 Runs go through `MlflowClient` rather than the fluent API, so no process-global "active run" can
 leak from a failed job into the next one that the same process runs.
 """
 
-import json
 import logging
-import posixpath
 import re
 import signal
 import tempfile
@@ -17,12 +16,9 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from archbench import evaluation, logged_model
-from archbench.data import Splits, class_names
 from archbench.store import client, redact
 
 log = logging.getLogger(__name__)
@@ -133,7 +129,7 @@ class Run:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        with self._atomic():
+        with self.atomic():
             self.client.log_batch(self.run_id, [Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def log_text(self, text: str, name: str) -> None:
@@ -141,7 +137,7 @@ class Run:
 
     def log_state(self, state: dict, name: str = CHECKPOINT) -> None:
         """torch.save `state` as the artifact `name`, replacing the previous one."""
-        with tempfile.TemporaryDirectory() as tmp, self._atomic():
+        with tempfile.TemporaryDirectory() as tmp, self.atomic():
             path = Path(tmp) / Path(name).name
             torch.save(state, path)
             self.client.log_artifact(self.run_id, str(path), str(Path(name).parent))
@@ -150,29 +146,6 @@ class Run:
         with tempfile.TemporaryDirectory() as tmp:
             path = self.client.download_artifacts(self.run_id, name, tmp)
             return torch.load(path, weights_only=False, map_location="cpu")
-
-    def log_datasets(self, lineage: dict) -> None:
-        """MLflow's dataset records, one per split (context train, test): the UI's Datasets column."""
-        from mlflow.data.schema import TensorDatasetSchema
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-        from mlflow.types import Schema, TensorSpec
-        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-
-        inputs = []
-        for split, d in lineage.items():
-            files = Path(d.source).is_absolute()  # else generated: the source names its generator
-            source = {"uri": d.source, "files": d.parts} if files else {"generator": d.source, **d.parts}
-            schema = TensorDatasetSchema(
-                Schema([TensorSpec(np.dtype(d.dtype), (-1, *d.shape), "image")]),
-                Schema([TensorSpec(np.dtype("int64"), (-1,), "label")]),
-            )
-            profile = {"num_rows": d.rows, "shape": d.shape, "classes": d.classes}
-            dataset = Dataset(
-                d.name, d.digest, "local" if files else "code", json.dumps(source),
-                json.dumps(schema.to_dict()), json.dumps(profile),
-            )  # fmt: skip
-            inputs.append(DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, split)]))
-        self.client.log_inputs(self.run_id, datasets=inputs)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -217,7 +190,8 @@ class Run:
         raise (Terminated if signum == signal.SIGTERM else KeyboardInterrupt)(f"stopped by {name}")
 
     @contextmanager
-    def _atomic(self):
+    def atomic(self):
+        """A store write that Ctrl-C or SIGTERM must not cut in half: the signal waits for its end."""
         self._busy = True
         try:
             yield
@@ -240,40 +214,6 @@ def open_run(cfg: DictConfig, name: str, tags: dict, sweep_dir: Path | None, res
         run = Run.start(mlflow_client, cfg.tracking.experiment, name, tags, parent_id)
     run.system_metrics = cfg.tracking.get("system_metrics", False)
     return run
-
-
-def log_outcome(run: Run, cfg: DictConfig, network, data: Splits, predicted: torch.Tensor) -> None:
-    """What a run leaves at its end: accuracy per class, the confusion matrix, and the model.
-
-    The per-class metrics go in before the model, at the last epoch's step, so MLflow links them
-    to it together with test_accuracy and the rest.
-    """
-    classes = class_names(cfg.dataset.get("classes"), cfg.dataset.num_classes)
-    matrix = evaluation.confusion(data.y_test, predicted, len(classes))
-    shares = evaluation.per_class_accuracy(matrix)
-    run.log_metrics(
-        {metric_name("test_accuracy", c): a for c, a in zip(classes, shares, strict=True) if a is not None},
-        step=cfg.train.epochs,
-    )
-    title = f"{run.name}: test accuracy {float(matrix.trace() / matrix.sum()):.4f}"
-    with tempfile.TemporaryDirectory() as tmp, run._atomic():
-        (Path(tmp) / "confusion_matrix.csv").write_text(evaluation.csv_text(matrix, classes))
-        evaluation.plot(matrix, classes, Path(tmp) / "confusion_matrix.png", title)
-        run.client.log_artifacts(run.run_id, tmp)
-    raw = data.x_test[: logged_model.EXAMPLE_ROWS] * data.std + data.mean  # what a user of the model has
-    with run._atomic():
-        logged_model.log_model(
-            run, network, data.mean, data.std, raw.round(decimals=3), cfg.train.epochs,
-            register=cfg.tracking.get("register"), params=flatten(cfg),
-        )  # fmt: skip
-
-
-def metric_name(prefix: str, label: str) -> str:
-    """`prefix/label` as MLflow accepts a metric name (alphanumerics, _ - . space /)."""
-    name = prefix + "/" + re.sub(r"[^\w.\- /]", "_", label)
-    if posixpath.normpath(name) != name:  # "a/../b", "//": names MLflow would read as other paths
-        name = prefix + "/" + re.sub(r"[^\w\- ]", "_", label)
-    return name
 
 
 def resume_point(cfg: DictConfig) -> tuple[DictConfig, dict]:
