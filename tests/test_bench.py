@@ -46,3 +46,10 @@ def test_augment_cost_runs(tmp_path):
     number = r"\d+\.\d+"
     for model in ("mlp", "cnn2"):
         assert re.search(rf"\| {model} \| {number} \| {number} \| {number}x \| {number} \|", table)
+
+
+def test_record_cost_runs(tmp_path):
+    table = bench("record_cost.py", tmp_path, "--runs", "2", "--epochs", "1")
+    seconds = r"\d+\.\d+ \(\d+\.\d+\)"  # wall (CPU)
+    for piece in ("logged model (pt2)", "confusion matrix PNG", "dataset records", "whole run"):
+        assert re.search(rf"\| {re.escape(piece)} \| {seconds} \| {seconds} \|", table), piece

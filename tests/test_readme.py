@@ -86,6 +86,9 @@ PROMISES = {
     "python run.py +debug=overfit": Promise(
         jobs=1, names=("mlp-relu-sgd",), output=("overfit check passed: accuracy 1.000",)
     ),
+    "python run.py tracking.register=fashion-mlp tracking.system_metrics=true": Promise(
+        jobs=1, names=("mlp-relu-sgd",)
+    ),
 }
 
 # Commands that cannot run here, each with the reason; all are covered elsewhere where they can be.

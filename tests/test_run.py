@@ -19,7 +19,7 @@ needs_fashion = pytest.mark.skipif(
 )
 
 PER_EPOCH = ("train_loss", "train_accuracy", "test_accuracy", "test_loss", "epoch_time_s")
-FINAL = ("test_accuracy", "test_loss", "train_time_s", "params_total", "params_trainable")
+FINAL = ("test_accuracy", "test_loss", "train_time_s", "params_total", "params_trainable", "mult_adds")
 TAGS = ("model", "activation", "optimizer", "dataset", "loss", "device", "torch_version", "cuda_version")
 
 
@@ -49,11 +49,13 @@ def check_record(tmp_path, run, cfg, epochs):
     assert tags["device"] == "cpu" and tags["torch_version"] == torch.__version__
     assert tags["cuda_version"] == str(torch.version.cuda)
     names = {a.path for a in mlflow_client.list_artifacts(run.info.run_id)}
-    assert {"model_summary.txt", "config.yaml", "model", "checkpoint"} <= names
+    assert {"model_summary.txt", "config.yaml", "checkpoint", "confusion_matrix.csv"} <= names
+    assert "confusion_matrix.png" in names and "model" not in names, "the model is MLflow's, not an artifact"
     summary = mlflow_client.download_artifacts(run.info.run_id, "model_summary.txt", str(tmp_path))
     assert "[100, 1, 28, 28]" in Path(summary).read_text()
-    weights = mlflow_client.download_artifacts(run.info.run_id, "model/weights.pt", str(tmp_path))
-    assert set(torch.load(weights)) == set(instantiate(cfg.model).state_dict())
+    (logged,) = run.outputs.model_outputs
+    assert mlflow_client.get_logged_model(logged.model_id).name == "model"
+    assert {d.tags[0].value for d in run.inputs.dataset_inputs} == {"train", "test"}
 
 
 @needs_fashion
@@ -65,6 +67,7 @@ def test_one_epoch_mlp_on_fashion_mnist(tmp_path):
     assert run.data.metrics["test_accuracy"] == accuracy
     assert run.data.metrics["train_time_s"] > 0
     check_record(tmp_path, run, cfg, epochs=1)
+    assert run.data.metrics["mult_adds"] == 79_510  # one sample through 784-100-10: one per weight
 
 
 def test_record_on_synthetic_data(tmp_path):

@@ -11,13 +11,13 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from archbench import tracking
+from archbench import records, store, tracking
 from archbench.augment import augmentation
 from archbench.config import GROUPS, configuration, validate
 from archbench.data import prepare
 from archbench.debug import debug_tag, epoch_batches
 from archbench.stopping import EarlyStopping
-from archbench.summary import breakdown, model_summary, parameter_counts
+from archbench.summary import breakdown, model_summary, mult_adds, parameter_counts
 from archbench.train import Trainer, keep_freed_memory, place
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,17 @@ def main(cfg: DictConfig) -> float | None:
     """Train and evaluate one configuration; returns the accuracy a sweeper should maximise."""
     try:
         return run_job(cfg)
-    except CompactHydraException as e:  # our own errors: config, data, divergence
+    except CompactHydraException as e:  # our own errors: config, data, divergence, the store
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the job fails, the sweep goes on, and the sweep callback reports it
         raise SystemExit(f"error: {e}") from None  # one line, without Hydra's traceback banner
+    except Exception as e:  # a store that is locked, read-only, full or gone: one line too
+        line = store.failure(e, str(cfg.tracking.uri))
+        if line is None:
+            raise
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise store.StoreError(line) from e
+        raise SystemExit(f"error: {line}") from None
 
 
 def run_job(cfg: DictConfig) -> float | None:
@@ -52,6 +59,7 @@ def run_job(cfg: DictConfig) -> float | None:
         print(model_summary(model, cfg.model.input_shape))  # one sample, as the course shows it
         print(breakdown(model))
         return None
+    tracking.client(cfg.tracking.uri)  # a store that cannot be reached or written fails here, before any data
     source = instantiate(cfg.dataset)
     data = prepare(source.load(Path(cfg.data_dir)), device, cfg.train.val_fraction, cfg.seed)
     model = place(model, data, cfg.train.channels_last)
@@ -128,6 +136,8 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
             run.log_config(cfg)
             summary = model_summary(trainer.module, cfg.model.input_shape, cfg.train.batch_size, device)
             run.log_text(summary, "model_summary.txt")
+            if data.lineage:
+                records.log_datasets(run, data.lineage)  # the UI's Datasets column
 
         def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
             nonlocal spent
@@ -142,10 +152,12 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
         totals = {
             "params_total": counts["total"],
             "params_trainable": counts["trainable"],
+            "mult_adds": mult_adds(trainer.module, cfg.model.input_shape, device),  # per sample
             "train_time_s": spent,
         }
         run.log_metrics(totals, step=cfg.train.epochs)
-        run.log_state(trainer.module.state_dict(), "model/weights.pt")
+        # the model (runs:/<id>/model), confusion matrix and accuracy per class
+        records.log_outcome(run, cfg, trainer.module, data, trainer.predict(data.x_test))
     final.update(totals)
     log.info("%s: %s", run.name, ", ".join(f"{k}={v:.4g}" for k, v in final.items()))
     return final.get("val_accuracy", final["test_accuracy"])

@@ -218,4 +218,19 @@ def validate(cfg: DictConfig) -> torch.device:
     if cfg.dataset.name == "synthetic":
         _number(cfg, "dataset.train_size", low=1, integer=True)
         _number(cfg, "dataset.test_size", low=1, integer=True)
+    _records(cfg)
     return pick_device(cfg.device)
+
+
+def _records(cfg):
+    """What the MLflow record needs: a name per class, a registry name, a flag."""
+    classes, count = cfg.dataset.get("classes"), cfg.dataset.num_classes
+    if classes is not None and (not isinstance(classes, ListConfig) or len(classes) != count):
+        shown = OmegaConf.to_container(classes) if isinstance(classes, ListConfig) else classes
+        raise ConfigError(f"dataset.classes must list dataset.num_classes={count} names, got {shown!r}")
+    register = cfg.tracking.get("register")
+    if register is not None and not (isinstance(register, str) and register.strip()):
+        raise ConfigError(f"tracking.register must be a registered model's name or null, got {register!r}")
+    flag = cfg.tracking.get("system_metrics", False)
+    if not isinstance(flag, bool):
+        raise ConfigError(f"tracking.system_metrics must be true or false, got {flag!r}")

@@ -1,10 +1,13 @@
 """Find a dataset's files, decode them once into tensors (cached on disk), keep them on the device.
 
-Each source's `load()` returns uint8 or float tensors shaped (N, C, H, W) plus int64 labels;
-`prepare()` splits, normalises once and moves everything to the training device.
+Each source's `load()` returns uint8 or float tensors shaped (N, C, H, W) plus int64 labels, and
+under "lineage" what each split was read from (MLflow's dataset records); `prepare()` splits,
+normalises once and moves everything to the training device.
 """
 
 import gzip
+import hashlib
+import json
 import logging
 import math
 import os
@@ -19,14 +22,52 @@ from hydra.errors import CompactHydraException
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when the cached layout changes
+CACHE_FORMAT = 2  # bump when the cached layout changes (2: with the source files' sha256)
 
 
 class DataError(CompactHydraException):
     """Data missing or unreadable; Hydra prints it as one line."""
 
 
-Raw = dict[str, torch.Tensor]  # x_train, y_train, x_test, y_test
+Raw = dict  # x_train, y_train, x_test, y_test (tensors) and lineage ({split: Lineage})
+
+
+@dataclass
+class Lineage:
+    """What one split was read from, for MLflow's dataset records (the UI's Datasets column)."""
+
+    name: str
+    digest: str  # 16 hex digits of sha256 over the files' own sha256 (or the generating parameters)
+    source: str  # the folder the files are in, or how the data was generated
+    parts: dict[str, str]  # file name -> sha256 (as sha256sum prints it), or parameter -> value
+    rows: int
+    shape: list[int]
+    dtype: str  # as read, before normalisation: uint8, float32
+    classes: list[str]
+
+
+def class_names(classes, num_classes: int) -> list[str]:
+    """The dataset's class names; class0, class1, ... where it names none."""
+    return [str(c) for c in classes] if classes else [f"class{i}" for i in range(num_classes)]
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _lineage(name, digests: dict[str, dict[str, str]], source: str, raw: Raw, classes) -> dict:
+    """One Lineage per split, from each split's file digests."""
+    found = {}
+    for split, parts in digests.items():
+        whole = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+        x = raw[f"x_{split}"]
+        dtype = str(x.dtype).removeprefix("torch.")
+        found[split] = Lineage(name, whole, source, parts, len(x), list(x.shape[1:]), dtype, classes)
+    return found
 
 
 @dataclass(frozen=True)
@@ -51,6 +92,7 @@ class Splits:
     y_val: torch.Tensor | None = None
     mean: torch.Tensor | None = None  # per channel, shaped (1, C, 1, ...): x = (raw - mean) / std
     std: torch.Tensor | None = None
+    lineage: dict | None = None  # {split: Lineage}: what the data was read from
 
 
 def read_idx(path: Path) -> torch.Tensor:
@@ -73,28 +115,34 @@ def read_idx(path: Path) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header).reshape(dims)
 
 
-def cached(cache: Path, sources: list[Path], decode) -> Raw:
-    """`decode()` once; later runs read the tensors back unless a source file changed."""
+def cached(cache: Path, files: dict[str, list[Path]], decode) -> tuple[Raw, dict[str, dict[str, str]]]:
+    """`decode()` once; later runs read the tensors back unless a source file changed.
+
+    Also returns each split's files' sha256, hashed with the decoding (0.1 s for Fashion-MNIST's
+    30 MB) and cached beside the tensors, so later runs name their data without reading it again.
+    """
+    sources = [p for paths in files.values() for p in paths]
     stamp = [CACHE_FORMAT] + [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in sources]
     try:
         blob = torch.load(cache, weights_only=True)
         if blob.get("stamp") == stamp:
-            return blob["tensors"]
+            return blob["tensors"], blob["digests"]
     except FileNotFoundError:
         pass
     except Exception as e:  # unreadable cache: decode again and replace it
         log.warning("ignoring unreadable cache %s (%s)", cache, e)
     log.info("decoding %s into %s (once; later runs read the cache)", sources[0].parent, cache)
     tensors = decode()
+    digests = {split: {p.name: sha256(p) for p in paths} for split, paths in files.items()}
     tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"stamp": stamp, "tensors": tensors}, tmp)
+        torch.save({"stamp": stamp, "tensors": tensors, "digests": digests}, tmp)
         os.replace(tmp, cache)  # atomic: a crash leaves the old cache or none, never half a file
     except OSError as e:
         log.warning("could not write the cache %s (%s); decoding again next time", cache, e)
         tmp.unlink(missing_ok=True)
-    return tensors
+    return tensors, digests
 
 
 def _check(name: str, raw: Raw, input_shape, num_classes: int) -> Raw:
@@ -127,10 +175,22 @@ class IdxSource:
         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
     }
 
-    def __init__(self, name, torchvision_class, system_dir, input_shape, num_classes, **augmentation):
+    def __init__(
+        self,
+        name,
+        torchvision_class,
+        system_dir,
+        input_shape,
+        num_classes,
+        classes=None,
+        augment=False,
+        crop_padding=0,
+        flip=False,
+    ):
         self.name, self.tv_class, self.system_dir = name, torchvision_class, system_dir
         self.input_shape, self.num_classes = tuple(input_shape), num_classes
-        self.augmentation = Augmentation(**augmentation)
+        self.classes = class_names(classes, num_classes)
+        self.augmentation = Augmentation(augment, crop_padding, flip)
 
     def find(self, data_dir: Path) -> dict[str, Path] | None:
         """The four files in the first folder that has them all (.gz or extracted)."""
@@ -173,8 +233,11 @@ class IdxSource:
                 raw[f"y_{split}"] = read_idx(files[labels]).long()
             return raw
 
-        raw = cached(data_dir / "cache" / f"{self.name}.pt", list(files.values()), decode)
-        return _check(self.name, raw, self.input_shape, self.num_classes)
+        splits = {split: [files[base] for base in bases] for split, bases in self.FILES.items()}
+        raw, digests = cached(data_dir / "cache" / f"{self.name}.pt", splits, decode)
+        raw = _check(self.name, raw, self.input_shape, self.num_classes)
+        folder = str(next(iter(files.values())).parent.resolve())
+        return {**raw, "lineage": _lineage(self.name, digests, folder, raw, self.classes)}
 
 
 class CifarSource:
@@ -184,9 +247,12 @@ class CifarSource:
     TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
     TEST = ["test_batch"]
 
-    def __init__(self, name, input_shape, num_classes, **augmentation):
+    def __init__(
+        self, name, input_shape, num_classes, classes=None, augment=False, crop_padding=0, flip=False
+    ):
         self.name, self.input_shape, self.num_classes = name, tuple(input_shape), num_classes
-        self.augmentation = Augmentation(**augmentation)
+        self.classes = class_names(classes, num_classes)
+        self.augmentation = Augmentation(augment, crop_padding, flip)
 
     def load(self, data_dir: Path) -> Raw:
         folder = data_dir / self.FOLDER
@@ -198,7 +264,7 @@ class CifarSource:
             except Exception as e:
                 how = f"unpack cifar-10-python.tar.gz into {data_dir}, or run once with internet access"
                 raise _download_failed(self.name, [folder], e, how) from e
-        files = [folder / f for f in self.TRAIN + self.TEST]
+        files = {"train": [folder / f for f in self.TRAIN], "test": [folder / f for f in self.TEST]}
 
         def decode() -> Raw:
             train = [self._read(folder / f) for f in self.TRAIN]
@@ -210,8 +276,9 @@ class CifarSource:
                 "y_test": y_test,
             }
 
-        raw = cached(data_dir / "cache" / f"{self.name}.pt", files, decode)
-        return _check(self.name, raw, self.input_shape, self.num_classes)
+        raw, digests = cached(data_dir / "cache" / f"{self.name}.pt", files, decode)
+        raw = _check(self.name, raw, self.input_shape, self.num_classes)
+        return {**raw, "lineage": _lineage(self.name, digests, str(folder.resolve()), raw, self.classes)}
 
     @staticmethod
     def _read(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,10 +294,24 @@ class CifarSource:
 class SyntheticSource:
     """One random prototype image per class plus Gaussian noise: small, in memory, learnable."""
 
-    def __init__(self, name, input_shape, num_classes, train_size, test_size, noise, seed, **augmentation):
+    def __init__(
+        self,
+        name,
+        input_shape,
+        num_classes,
+        train_size,
+        test_size,
+        noise,
+        seed,
+        classes=None,
+        augment=False,
+        crop_padding=0,
+        flip=False,
+    ):
         self.name, self.input_shape, self.num_classes = name, tuple(input_shape), num_classes
         self.sizes, self.noise, self.seed = (train_size, test_size), noise, seed
-        self.augmentation = Augmentation(**augmentation)
+        self.classes = class_names(classes, num_classes)
+        self.augmentation = Augmentation(augment, crop_padding, flip)
 
     def load(self, data_dir: Path) -> Raw:
         g = torch.Generator().manual_seed(self.seed)
@@ -240,7 +321,13 @@ class SyntheticSource:
             y = torch.randint(self.num_classes, (n,), generator=g)
             raw[f"x_{split}"] = prototypes[y] + self.noise * torch.randn(n, *self.input_shape, generator=g)
             raw[f"y_{split}"] = y
-        return raw
+        # named by what generates it: the same parameters give the same data, so the same digest
+        made = {"input_shape": list(self.input_shape), "num_classes": self.num_classes, "noise": self.noise,
+                "seed": self.seed, "train_size": self.sizes[0], "test_size": self.sizes[1]}  # fmt: skip
+        made = {k: json.dumps(v) for k, v in made.items()}
+        source = f"{type(self).__module__}.{type(self).__name__}"
+        splits = {split: {**made, "split": split} for split in ("train", "test")}  # one digest each
+        return {**raw, "lineage": _lineage(self.name, splits, source, raw, self.classes)}
 
 
 def prepare(raw: Raw, device: torch.device, val_fraction: float, seed: int) -> Splits:
@@ -265,5 +352,13 @@ def prepare(raw: Raw, device: torch.device, val_fraction: float, seed: int) -> S
         return None if y is None else y.to(device)
 
     return Splits(
-        norm(x_train), on(y_train), norm(raw["x_test"]), on(raw["y_test"]), norm(x_val), on(y_val), mean, std
+        norm(x_train),
+        on(y_train),
+        norm(raw["x_test"]),
+        on(raw["y_test"]),
+        norm(x_val),
+        on(y_val),
+        mean,
+        std,
+        raw.get("lineage"),
     )

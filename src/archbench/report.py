@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from archbench import charts, stats, tracking
+from archbench import charts, stats, store, tracking
 from archbench.config import configuration
 
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"  # as conf/config.yaml's tracking.uri
@@ -270,11 +270,17 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    mlflow_client = tracking.client(args.tracking_uri)
     try:
+        mlflow_client = tracking.client(args.tracking_uri)
         comp, name, experiment_id = find(mlflow_client, args.parent, args.experiment)
     except NothingToCompare as e:
         print(f"nothing to compare in {tracking.redact(args.tracking_uri)}: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a store that is locked, unreadable or not answering: one line
+        line = store.failure(e, args.tracking_uri)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         return 1
     print(markdown(comp))
     paths = write_all(comp, args.out / name, mlflow_client)

@@ -1,5 +1,7 @@
 """The course's view of a network: torchinfo's summary and a parameter breakdown."""
 
+import re
+
 import torchinfo
 from torch import nn
 
@@ -30,7 +32,27 @@ def model_summary(model: nn.Module, input_shape, batch_size: int = 1, device="cp
         col_names=("input_size", "output_size", "num_params", "mult_adds"),
         verbose=0,
     )
-    return str(stats)
+    # torchinfo 1.8 formats its unit enum with str(), which Python 3.11 turned from "M" into
+    # "Units.MEGABYTES": the line read "Total mult-adds (Units.MEGABYTES): 7.95". Written anew
+    # from the number, in torchinfo's own units, whatever its version prints.
+    unit, value = _unit(stats.total_mult_adds)
+    return re.sub(
+        r"^Total mult-adds.*$", f"Total mult-adds ({unit}): {value:.2f}", str(stats), count=1, flags=re.M
+    )
+
+
+def mult_adds(model: nn.Module, input_shape, device="cpu") -> int:
+    """Multiply-adds of one forward pass of one sample (torchinfo's count), in eval mode."""
+    stats = torchinfo.summary(model, input_size=(1, *input_shape), device=device, mode="eval", verbose=0)
+    return int(stats.total_mult_adds)
+
+
+def _unit(count: int) -> tuple[str, float]:
+    """torchinfo's display units: millions, billions (G) or trillions (T)."""
+    for unit, size in (("T", 1e12), ("G", 1e9)):
+        if count >= size:
+            return unit, count / size
+    return "M", count / 1e6
 
 
 def breakdown(model: nn.Module) -> str:

@@ -19,7 +19,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from archbench import report, tracking
+from archbench import report, store, tracking
 from archbench.config import GROUPS
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,14 @@ class MlflowSweep(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        mlflow_client = tracking.client(config.tracking.uri)
-        experiment = tracking.experiment_id(mlflow_client, config.tracking.experiment)
+        try:
+            mlflow_client = tracking.client(config.tracking.uri)
+            experiment = tracking.experiment_id(mlflow_client, config.tracking.experiment)
+        except Exception as e:  # no job can be tracked: one line, as for a single run
+            line = store.failure(e, config.tracking.uri)
+            if line is None:
+                raise
+            raise SystemExit(f"error: {line}") from None
         picked = config.hydra.runtime.choices
         preset = next((picked[g] for g in PRESET_GROUPS if picked.get(g)), None)
         overrides = " ".join(tracking.redact_overrides(OmegaConf.to_container(config.hydra.overrides.task)))

@@ -1,11 +1,12 @@
-"""Everything MLflow: the store, one run per job, its lifecycle, metrics, artifacts and checkpoints.
+"""Everything MLflow: one run per job, its lifecycle, metrics, artifacts and checkpoints. The store
+itself (creating, upgrading, reaching it, its failures) is store.py's; what a classifier's run
+records beyond its metrics (datasets, confusion matrix, per-class accuracy, the model), records.py's.
 
 Runs go through `MlflowClient` rather than the fluent API, so no process-global "active run" can
 leak from a failed job into the next one that the same process runs.
 """
 
 import logging
-import os
 import re
 import signal
 import tempfile
@@ -14,48 +15,22 @@ import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from archbench.store import client, redact
 
 log = logging.getLogger(__name__)
 
 PARENT_FILE = "mlflow_parent_run_id"  # in a sweep's folder: the parent run its jobs attach to
 CHECKPOINT = "checkpoint/last.pt"
-
-
-def redact(uri: str) -> str:
-    """The URI without its password, fit for params, tags and logs."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+SYSTEM_METRICS_S = 1.0  # seconds between system/... samples: a 5-epoch mlp run lasts ~2 s
 
 
 def redact_overrides(overrides: list[str]) -> list[str]:
     """Command-line overrides fit to record: any URI's password replaced by ***."""
     return [re.sub(r"(?<==)(\w[\w+.-]*://\S+)", lambda m: redact(m.group(1)), o) for o in overrides]
-
-
-def client(uri: str):
-    """An MlflowClient on `uri`, creating a local SQLite store's folder first.
-
-    A server's user and password move from the URI to MLflow's own variables, so that MLflow's
-    messages (it prints "View run ... at: <uri>") never show them.
-    """
-    import mlflow
-
-    parts = urlsplit(uri)
-    if parts.scheme in ("http", "https") and parts.password is not None:
-        os.environ["MLFLOW_TRACKING_USERNAME"] = parts.username or ""
-        os.environ["MLFLOW_TRACKING_PASSWORD"] = parts.password
-        uri = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    return mlflow.MlflowClient(tracking_uri=uri)
 
 
 # MLflow 3's UI opens an experiment in its GenAI view unless told it holds model training runs
@@ -112,11 +87,13 @@ class Terminated(KeyboardInterrupt):
 class Run:
     """One job's MLflow run; `with run:` ends it FINISHED, FAILED (error kept) or KILLED."""
 
-    def __init__(self, mlflow_client, run_id: str, name: str = ""):
+    def __init__(self, mlflow_client, run_id: str, name: str = "", system_metrics: bool = False):
         self.client, self.run_id, self.name = mlflow_client, run_id, name
+        self.system_metrics = system_metrics  # MLflow's system/... metrics while the run is open
         self._busy = False  # inside a store write that a signal must not cut in half
         self._pending: str | None = None
         self._saved_handlers: dict = {}
+        self._monitor = None
 
     @classmethod
     def start(cls, mlflow_client, experiment: str, name: str, tags: dict, parent_run_id=None):
@@ -160,7 +137,7 @@ class Run:
         # strictly later than this run's last call: at an equal step, MLflow keeps the later value as
         # the run's summary (early stopping logs its best epoch's figures after the last epoch's)
         now = self._last_ms = max(int(time.time() * 1000), getattr(self, "_last_ms", 0) + 1)
-        with self._atomic():
+        with self.atomic():
             self.client.log_batch(self.run_id, [Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def log_text(self, text: str, name: str) -> None:
@@ -168,7 +145,7 @@ class Run:
 
     def log_state(self, state: dict, name: str = CHECKPOINT) -> None:
         """torch.save `state` as the artifact `name`, replacing the previous one."""
-        with tempfile.TemporaryDirectory() as tmp, self._atomic():
+        with tempfile.TemporaryDirectory() as tmp, self.atomic():
             path = Path(tmp) / Path(name).name
             torch.save(state, path)
             self.client.log_artifact(self.run_id, str(path), str(Path(name).parent))
@@ -182,11 +159,20 @@ class Run:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._saved_handlers[sig] = signal.signal(sig, self._on_signal)
+        if self.system_metrics:  # MLflow's own monitor, on a thread, for this run id (no fluent run)
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(
+                self.run_id, SYSTEM_METRICS_S, resume_logging=True, tracking_uri=self.client.tracking_uri
+            )
+            self._monitor.start()
         return self
 
     def __exit__(self, kind, error, tb):
         for sig, handler in self._saved_handlers.items():
             signal.signal(sig, handler)
+        if self._monitor is not None:
+            self._monitor.finish()  # its last samples logged while the run is still RUNNING
         status = (
             "FINISHED" if error is None else "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
         )
@@ -194,10 +180,14 @@ class Run:
             if error is not None:
                 text = f"{type(error).__name__}: {error}"
                 self.client.set_tag(self.run_id, "archbench.error", text[:4000])
-                self.log_text("".join(traceback.format_exception(kind, error, tb)), "error.txt")
             self.client.set_terminated(self.run_id, status)
         except Exception as e:  # the store is gone: say so, but keep the job's own error
             log.error("could not mark MLflow run %s %s: %s", self.run_id, status, e)
+        if error is not None:
+            try:  # after the status: a full disk that refuses this file may still have taken that
+                self.log_text("".join(traceback.format_exception(kind, error, tb)), "error.txt")
+            except Exception as e:
+                log.error("could not save error.txt of MLflow run %s: %s", self.run_id, e)
         return False
 
     def _on_signal(self, signum, frame):
@@ -208,7 +198,8 @@ class Run:
         raise (Terminated if signum == signal.SIGTERM else KeyboardInterrupt)(f"stopped by {name}")
 
     @contextmanager
-    def _atomic(self):
+    def atomic(self):
+        """A store write that Ctrl-C or SIGTERM must not cut in half: the signal waits for its end."""
         self._busy = True
         try:
             yield
@@ -224,10 +215,13 @@ def open_run(cfg: DictConfig, name: str, tags: dict, sweep_dir: Path | None, res
     """A new run (a child of its sweep's parent run, if any), or the resumed one."""
     mlflow_client = client(cfg.tracking.uri)
     if resume_id:
-        return Run.reopen(mlflow_client, resume_id)
-    parent = sweep_dir / PARENT_FILE if sweep_dir else None
-    parent_id = parent.read_text().strip() if parent and parent.is_file() else None
-    return Run.start(mlflow_client, cfg.tracking.experiment, name, tags, parent_id)
+        run = Run.reopen(mlflow_client, resume_id)
+    else:
+        parent = sweep_dir / PARENT_FILE if sweep_dir else None
+        parent_id = parent.read_text().strip() if parent and parent.is_file() else None
+        run = Run.start(mlflow_client, cfg.tracking.experiment, name, tags, parent_id)
+    run.system_metrics = cfg.tracking.get("system_metrics", False)
+    return run
 
 
 def resume_point(cfg: DictConfig) -> tuple[DictConfig, dict]:

@@ -224,6 +224,14 @@ class Trainer:
             f"the run diverged; try a smaller optimizer.lr (now {lr})"
         )
 
+    @torch.inference_mode()
+    def predict(self, x: torch.Tensor, batch_size: int = 10_000) -> torch.Tensor:
+        """The predicted class of every sample of x, on x's device."""
+        self.model.eval()
+        with self.autocast(x.device):
+            batches = (x[i : i + batch_size] for i in range(0, len(x), batch_size))
+            return torch.cat([self.model(xb).argmax(1) for xb in batches])
+
 
 def place(model: nn.Module, data: Splits, channels_last: bool) -> nn.Module:
     """The model on the data's device; conv nets and their inputs in NHWC if `channels_last`.

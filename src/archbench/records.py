@@ -1,0 +1,74 @@
+"""What a classifier's run records beyond its metrics, for MLflow's own tools: the datasets it read
+(the UI's Datasets column), accuracy per class, the confusion matrix, and the model."""
+
+import json
+import posixpath
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from archbench import evaluation, logged_model
+from archbench.data import Splits, class_names
+from archbench.tracking import Run, flatten
+
+
+def log_datasets(run: Run, lineage: dict) -> None:
+    """MLflow's dataset records, one per split (context train, test): the UI's Datasets column."""
+    from mlflow.data.schema import TensorDatasetSchema
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.types import Schema, TensorSpec
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    inputs = []
+    for split, d in lineage.items():
+        files = Path(d.source).is_absolute()  # else generated: the source names its generator
+        source = {"uri": d.source, "files": d.parts} if files else {"generator": d.source, **d.parts}
+        schema = TensorDatasetSchema(
+            Schema([TensorSpec(np.dtype(d.dtype), (-1, *d.shape), "image")]),
+            Schema([TensorSpec(np.dtype("int64"), (-1,), "label")]),
+        )
+        profile = {"num_rows": d.rows, "shape": d.shape, "classes": d.classes}
+        dataset = Dataset(
+            d.name, d.digest, "local" if files else "code", json.dumps(source),
+            json.dumps(schema.to_dict()), json.dumps(profile),
+        )  # fmt: skip
+        inputs.append(DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, split)]))
+    run.client.log_inputs(run.run_id, datasets=inputs)
+
+
+def log_outcome(run: Run, cfg: DictConfig, network, data: Splits, predicted: torch.Tensor) -> None:
+    """What a run leaves at its end: accuracy per class, the confusion matrix, and the model.
+
+    The per-class metrics go in before the model, at the last epoch's step, so MLflow links them
+    to it together with test_accuracy and the rest.
+    """
+    classes = class_names(cfg.dataset.get("classes"), cfg.dataset.num_classes)
+    matrix = evaluation.confusion(data.y_test, predicted, len(classes))
+    shares = evaluation.per_class_accuracy(matrix)
+    run.log_metrics(
+        {metric_name("test_accuracy", c): a for c, a in zip(classes, shares, strict=True) if a is not None},
+        step=cfg.train.epochs,
+    )
+    title = f"{run.name}: test accuracy {float(matrix.trace() / matrix.sum()):.4f}"
+    with tempfile.TemporaryDirectory() as tmp, run.atomic():
+        (Path(tmp) / "confusion_matrix.csv").write_text(evaluation.csv_text(matrix, classes))
+        evaluation.plot(matrix, classes, Path(tmp) / "confusion_matrix.png", title)
+        run.client.log_artifacts(run.run_id, tmp)
+    raw = data.x_test[: logged_model.EXAMPLE_ROWS] * data.std + data.mean  # what a user of the model has
+    with run.atomic():
+        logged_model.log_model(
+            run, network, data.mean, data.std, raw.round(decimals=3), cfg.train.epochs,
+            register=cfg.tracking.get("register"), params=flatten(cfg),
+        )  # fmt: skip
+
+
+def metric_name(prefix: str, label: str) -> str:
+    """`prefix/label` as MLflow accepts a metric name (alphanumerics, _ - . space /)."""
+    name = prefix + "/" + re.sub(r"[^\w.\- /]", "_", label)
+    if posixpath.normpath(name) != name:  # "a/../b", "//": names MLflow would read as other paths
+        name = prefix + "/" + re.sub(r"[^\w\- ]", "_", label)
+    return name

@@ -1,0 +1,211 @@
+"""What a run leaves for MLflow's own tools: a model that loads anywhere and takes raw pixels, the
+datasets it read, its confusion matrix and accuracy per class, mult-adds, and on request a registered
+model version and system metrics.
+
+The runs share one store (a fresh MLflow database costs seconds of migrations): see `runs`.
+"""
+
+import csv
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import mlflow
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from archbench import data as data_module
+from archbench.app import main
+from archbench.logged_model import _tracking_uri
+from archbench.models import MLP
+from archbench.records import metric_name
+from archbench.summary import model_summary, mult_adds
+from conftest import all_runs, compose_job, store
+from datafiles import write_idx_set
+
+# A fresh interpreter that cannot import archbench: what someone with only the run id has.
+LOAD = """
+import sys
+sys.modules["archbench"] = None
+import mlflow, mlflow.pytorch, torch
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pytorch.load_model(f"runs:/{sys.argv[2]}/model")
+x, y = torch.load(sys.argv[3])
+with torch.inference_mode():
+    print((model(x).argmax(1) == y).sum().item())
+"""
+REGISTERED = "archbench-mlp"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Four runs in one store: `asked` (registered, system metrics, 2 epochs), `plain` (registered),
+    `cnn` (cnn3: BatchNorm, channels-last) and `files` (Fashion-MNIST's layout, from small IDX files)."""
+    tmp = tmp_path_factory.mktemp("records")
+    write_idx_set(tmp / "data" / "FashionMNIST" / "raw", n_train=60, n_test=20)
+    jobs = {
+        "asked": ("train.epochs=2", f"tracking.register={REGISTERED}", "tracking.system_metrics=true"),
+        "plain": (f"tracking.register={REGISTERED}", "seed=1", "dataset.test_size=50"),
+        "cnn": ("model=cnn3", "dataset.train_size=500"),
+        "files": ("dataset=fashion_mnist", "dataset.system_dir=null", "train.batch_size=20"),
+    }
+    found = {}
+    with pytest.MonkeyPatch.context() as patch:
+        # MLflow's own override of the sampling interval (archbench's: 1 s): these runs are short
+        patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")
+        for name, overrides in jobs.items():
+            before = {r.info.run_id for r in all_runs(tmp)} if (tmp / "mlruns").exists() else set()
+            cfg = compose_job(tmp, *overrides)
+            main(cfg)
+            (run,) = [r for r in all_runs(tmp) if r.info.run_id not in before]
+            found[name] = SimpleNamespace(cfg=cfg, run=run)
+    return SimpleNamespace(tmp=tmp, **found)
+
+
+def raw_test_set(job, tmp):
+    raw = instantiate(job.cfg.dataset).load(tmp / "data")
+    return raw["x_test"].float(), raw["y_test"]
+
+
+def test_the_logged_model_reproduces_the_runs_test_accuracy_from_raw_pixels(runs):
+    run, tmp = runs.asked.run, runs.tmp
+    torch.save(raw_test_set(runs.asked, tmp), tmp / "test.pt")
+    args = [runs.asked.cfg.tracking.uri, run.info.run_id, str(tmp / "test.pt")]
+    done = subprocess.run([sys.executable, "-c", LOAD, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    correct = int(done.stdout.split()[-1])
+    assert correct / 500 == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-9)
+    assert 0.5 < correct / 500 < 1  # trained, and normalised inside: raw input without it fails
+
+
+def test_the_logged_model_is_mlflows_own(runs):
+    run = runs.asked.run
+    (output,) = run.outputs.model_outputs
+    logged = store(runs.tmp).get_logged_model(output.model_id)
+    assert logged.name == "model" and logged.source_run_id == run.info.run_id
+    assert logged.experiment_id == run.info.experiment_id, "in the run's experiment, not Default"
+    assert logged.params["optimizer.lr"] == "0.1" and str(logged.status) == "READY"
+    assert {m.key for m in logged.metrics} >= {"test_accuracy", "mult_adds", "test_accuracy/class0"}
+    with _tracking_uri(runs.asked.cfg.tracking.uri):
+        folder = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model")
+    requirements = open(f"{folder}/requirements.txt").read().split()
+    assert f"torch=={torch.__version__.split('+')[0]}" in requirements and len(requirements) == 2
+    example = torch.tensor(json.load(open(f"{folder}/input_example.json")))
+    assert example.shape == (2, 1, 28, 28)
+    names = {a.path for a in store(runs.tmp).list_artifacts(run.info.run_id)}
+    assert "model" not in names and "checkpoint" in names, "runs:/<id>/model is the MLflow model"
+
+
+def test_a_cnn_with_batchnorm_in_nhwc_loads_the_same(runs):
+    with _tracking_uri(runs.cnn.cfg.tracking.uri):
+        model = mlflow.pytorch.load_model(f"runs:/{runs.cnn.run.info.run_id}/model")
+    x, y = raw_test_set(runs.cnn, runs.tmp)
+    with torch.inference_mode():
+        accuracy = (model(x).argmax(1) == y).float().mean().item()
+    # the run evaluated channels-last tensors: summation order may differ, a tie at most flips
+    assert accuracy == pytest.approx(runs.cnn.run.data.metrics["test_accuracy"], abs=1.5 / len(y))
+
+
+def test_registering_makes_a_new_version_per_run(runs):
+    found = store(runs.tmp).search_model_versions(f"name = '{REGISTERED}'")
+    versions = sorted(found, key=lambda v: int(v.version))
+    assert [int(v.version) for v in versions] == [1, 2]
+    assert [v.run_id for v in versions] == [runs.asked.run.info.run_id, runs.plain.run.info.run_id]
+    assert all(v.status == "READY" and v.source.startswith("models:/m-") for v in versions)
+    with _tracking_uri(runs.asked.cfg.tracking.uri):
+        model = mlflow.pytorch.load_model(f"models:/{REGISTERED}/2")
+    x, y = raw_test_set(runs.plain, runs.tmp)
+    with torch.inference_mode():
+        correct = (model(x).argmax(1) == y).sum().item()
+    assert correct / len(y) == pytest.approx(runs.plain.run.data.metrics["test_accuracy"], abs=1e-9)
+
+
+def test_confusion_matrix_and_accuracy_per_class(runs):
+    run = runs.plain.run  # 50 test images
+    path = store(runs.tmp).download_artifacts(run.info.run_id, "confusion_matrix.csv", str(runs.tmp))
+    header, *rows = list(csv.reader(open(path)))
+    assert header == ["true \\ predicted", *(f"class{i}" for i in range(10))]
+    counts = [[int(c) for c in row[1:]] for row in rows]
+    assert sum(map(sum, counts)) == 50
+    assert sum(counts[i][i] for i in range(10)) / 50 == pytest.approx(run.data.metrics["test_accuracy"])
+    for i, row in enumerate(counts):
+        if sum(row):
+            assert run.data.metrics[f"test_accuracy/class{i}"] == pytest.approx(row[i] / sum(row))
+        else:  # a class the test set lacks has no accuracy, rather than a made-up one
+            assert f"test_accuracy/class{i}" not in run.data.metrics
+    png = store(runs.tmp).download_artifacts(run.info.run_id, "confusion_matrix.png", str(runs.tmp))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    named = runs.files.run.data.metrics
+    assert {"test_accuracy/T-shirt/top", "test_accuracy/Ankle boot"} <= set(named)
+
+
+def test_metric_names_keep_class_names_mlflow_accepts():
+    assert metric_name("test_accuracy", "T-shirt/top") == "test_accuracy/T-shirt/top"
+    assert metric_name("test_accuracy", "Ankle boot") == "test_accuracy/Ankle boot"
+    assert metric_name("test_accuracy", "a+b*c") == "test_accuracy/a_b_c"
+    assert metric_name("test_accuracy", "../x") == "test_accuracy/___x"  # not a path MLflow would resolve
+
+
+def test_system_metrics_only_when_asked(runs):
+    asked = {k for k in runs.asked.run.data.metrics if k.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= asked
+    assert not [k for k in runs.plain.run.data.metrics if k.startswith("system/")]
+    assert runs.asked.run.info.status == "FINISHED"
+
+
+def test_dataset_records_name_the_files_and_their_digest(runs):
+    folder = runs.tmp / "data" / "FashionMNIST" / "raw"
+    by_context = {d.tags[0].value: d.dataset for d in runs.files.run.inputs.dataset_inputs}
+    assert set(by_context) == {"train", "test"}
+    train, test = by_context["train"], by_context["test"]
+    assert train.name == test.name == "fashion_mnist" and train.digest != test.digest
+    source = json.loads(train.source)
+    assert train.source_type == "local" and source["uri"] == str(folder.resolve())
+    sha = data_module.sha256(folder / "train-images-idx3-ubyte.gz")
+    assert source["files"]["train-images-idx3-ubyte.gz"] == sha  # as sha256sum prints it
+    profile = json.loads(test.profile)
+    assert profile["num_rows"] == 20 and profile["shape"] == [1, 28, 28]
+    assert profile["classes"][0] == "T-shirt/top" and profile["classes"][9] == "Ankle boot"
+    assert "uint8" in test.schema
+    synthetic = {d.tags[0].value: d.dataset for d in runs.asked.run.inputs.dataset_inputs}
+    assert synthetic["train"].source_type == "code" and synthetic["train"].name == "synthetic"
+
+
+def test_digests_are_hashed_once_and_cached_with_the_tensors(tmp_path, monkeypatch):
+    folder = tmp_path / "data" / "FashionMNIST" / "raw"
+    write_idx_set(folder, n_train=60, n_test=20)
+    source = data_module.IdxSource("fashion_mnist", "FashionMNIST", None, [1, 28, 28], 10)
+    first = source.load(tmp_path / "data")["lineage"]
+    monkeypatch.setattr(data_module, "sha256", lambda path: pytest.fail(f"hashed {path} again"))
+    again = source.load(tmp_path / "data")["lineage"]
+    assert again == first and first["train"].classes == [f"class{i}" for i in range(10)]
+    monkeypatch.undo()
+    write_idx_set(folder, n_train=60, n_test=20, seed=1)  # other data: another digest
+    assert source.load(tmp_path / "data")["lineage"]["train"].digest != first["train"].digest
+
+
+def test_synthetic_data_is_named_by_what_generates_it(tmp_path):
+    source = instantiate(compose_job(tmp_path).dataset)
+    same = instantiate(compose_job(tmp_path).dataset)
+    other = instantiate(compose_job(tmp_path, "dataset.seed=7").dataset)
+    digests = [s.load(tmp_path)["lineage"]["train"].digest for s in (source, same, other)]
+    assert digests[0] == digests[1] != digests[2]
+
+
+def test_summary_prints_mult_adds_with_their_unit_and_the_run_logs_them_per_sample(runs):
+    model = MLP([1, 28, 28], [100], 10, torch.nn.ReLU)
+    text = model_summary(model, [1, 28, 28], batch_size=100)
+    assert "Total mult-adds (M): 7.95" in text.splitlines() and "Units." not in text
+    assert mult_adds(model, [1, 28, 28]) == 79_510  # one multiply-add per weight of 784-100-10
+    assert runs.plain.run.data.metrics["mult_adds"] == 79_510
+    assert runs.cnn.run.data.metrics["mult_adds"] == 2_857_002  # cnn3 on 1x28x28
+
+
+def test_classes_must_match_num_classes(tmp_path):
+    with pytest.raises(SystemExit, match=r"error: dataset.classes must list dataset.num_classes=10 names"):
+        main(compose_job(tmp_path, "dataset.classes=[a,b]"))
+    with pytest.raises(SystemExit, match="error: tracking.register must be a registered model's name"):
+        main(compose_job(tmp_path, "tracking.register=''"))
+    assert not (tmp_path / "mlruns").exists()
