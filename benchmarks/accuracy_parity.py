@@ -23,7 +23,8 @@ from torch import nn
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from archbench.data import IdxSource, prepare  # noqa: E402
+from archbench.data import IdxSource  # noqa: E402
+from archbench.splits import prepare  # noqa: E402
 from archbench.train import Trainer, place  # noqa: E402
 
 PRESETS = ["mlp-relu", "mlp-tanh", "mlp-sigmoid", "mlp_deep-relu", "cnn1-relu", "cnn2-relu", "cnn3-relu"]

@@ -22,7 +22,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from archbench.augment import RandomCropFlip  # noqa: E402
-from archbench.data import IdxSource, prepare  # noqa: E402
+from archbench.data import IdxSource  # noqa: E402
+from archbench.splits import prepare  # noqa: E402
 from archbench.train import Trainer, keep_freed_memory, place  # noqa: E402
 
 

@@ -31,7 +31,8 @@ from torch import nn
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from archbench.data import IdxSource, prepare  # noqa: E402
+from archbench.data import IdxSource  # noqa: E402
+from archbench.splits import prepare  # noqa: E402
 from archbench.train import Trainer, keep_freed_memory, place  # noqa: E402
 
 MODELS = ["mlp", "mlp_deep", "cnn1", "cnn2", "cnn3"]

@@ -13,7 +13,9 @@ import torch
 import torchvision
 
 from archbench import data as data_module
-from archbench.data import CifarSource, DataError, IdxSource, prepare, read_idx
+from archbench import splits
+from archbench.data import CifarSource, DataError, IdxSource, SyntheticSource, read_idx
+from archbench.splits import prepare
 from datafiles import cifar_tarball, idx_bytes, md5, write_cifar_batches, write_idx_set
 
 CLOSED = "http://127.0.0.1:9/"  # the discard port: nothing listens, so a download fails at once
@@ -202,6 +204,28 @@ def test_prepare_normalises_once_and_holds_out_validation():
     assert abs(float(splits.x_train.mean())) < 1e-5 and abs(float(splits.x_train.std()) - 1) < 1e-2
     seen = torch.cat([splits.y_train, splits.y_val]).sort().values
     assert torch.equal(seen, raw["y_train"].sort().values)
+
+
+def test_a_sweeps_next_job_reuses_the_splits_only_when_it_asks_for_the_same(tmp_path):
+    def job(seed=0, val=0.0, noise=0.5, folder="data"):
+        source = SyntheticSource("synthetic", [1, 4, 4], 3, 60, 20, noise, seed=7)
+        return splits.for_job(source, tmp_path / folder, torch.device("cpu"), val, seed)
+
+    first = job()
+    again = job(seed=1)  # the seed only matters with a validation split
+    assert again is not first and again.x_train is first.x_train
+    again.x_train = again.x_train.contiguous(memory_format=torch.channels_last)  # as place() does
+    assert job().x_train is first.x_train
+    for other in (job(noise=0.6), job(folder="other"), job(val=0.2)):
+        assert other.x_train is not first.x_train
+    assert not torch.equal(job(val=0.2, seed=0).y_val, job(val=0.2, seed=1).y_val)
+    fresh = prepare(
+        SyntheticSource("synthetic", [1, 4, 4], 3, 60, 20, 0.5, seed=7).load(tmp_path),
+        torch.device("cpu"),
+        0.0,
+        0,
+    )
+    assert torch.equal(job().x_train, fresh.x_train) and torch.equal(job().y_test, fresh.y_test)
 
 
 def test_copying_the_package_files_works_too(tmp_path, offline):

@@ -4,8 +4,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from archbench.data import SyntheticSource, prepare
+from archbench.data import SyntheticSource
 from archbench.models import CNN, ShapeError, cnn_shapes, conv_out
+from archbench.splits import prepare
 from archbench.train import Trainer
 from conftest import compose_job
 

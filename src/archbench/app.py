@@ -11,10 +11,9 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from archbench import records, store, tracking
+from archbench import records, splits, store, tracking
 from archbench.augment import augmentation
 from archbench.config import GROUPS, configuration, validate
-from archbench.data import prepare
 from archbench.debug import debug_tag, epoch_batches
 from archbench.stopping import EarlyStopping
 from archbench.summary import breakdown, model_summary, mult_adds, parameter_counts
@@ -61,7 +60,7 @@ def run_job(cfg: DictConfig) -> float | None:
         return None
     tracking.client(cfg.tracking.uri)  # a store that cannot be reached or written fails here, before any data
     source = instantiate(cfg.dataset)
-    data = prepare(source.load(Path(cfg.data_dir)), device, cfg.train.val_fraction, cfg.seed)
+    data = splits.for_job(source, Path(cfg.data_dir), device, cfg.train.val_fraction, cfg.seed)
     model = place(model, data, cfg.train.channels_last)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     steps = epoch_batches(

@@ -1,8 +1,8 @@
 """Find a dataset's files, decode them once into tensors (cached on disk), keep them on the device.
 
 Each source's `load()` returns uint8 or float tensors shaped (N, C, H, W) plus int64 labels, and
-under "lineage" what each split was read from (MLflow's dataset records); `prepare()` splits,
-normalises once and moves everything to the training device.
+under "lineage" what each split was read from (MLflow's dataset records); splits.py turns them
+into normalised tensors on the training device.
 """
 
 import gzip
@@ -78,21 +78,6 @@ class Augmentation:
     augment: bool = False
     crop_padding: int = 0
     flip: bool = False
-
-
-@dataclass
-class Splits:
-    """Normalised tensors on the training device."""
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    x_val: torch.Tensor | None = None
-    y_val: torch.Tensor | None = None
-    mean: torch.Tensor | None = None  # per channel, shaped (1, C, 1, ...): x = (raw - mean) / std
-    std: torch.Tensor | None = None
-    lineage: dict | None = None  # {split: Lineage}: what the data was read from
 
 
 def read_idx(path: Path) -> torch.Tensor:
@@ -328,37 +313,3 @@ class SyntheticSource:
         source = f"{type(self).__module__}.{type(self).__name__}"
         splits = {split: {**made, "split": split} for split in ("train", "test")}  # one digest each
         return {**raw, "lineage": _lineage(self.name, splits, source, raw, self.classes)}
-
-
-def prepare(raw: Raw, device: torch.device, val_fraction: float, seed: int) -> Splits:
-    """Hold out a validation slice, normalise with the training split's per-channel statistics."""
-    x_train, y_train = raw["x_train"], raw["y_train"]
-    x_val = y_val = None
-    if val_fraction > 0:
-        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))
-        n_val = max(1, int(len(x_train) * val_fraction))
-        x_val, y_val = x_train[order[:n_val]], y_train[order[:n_val]]
-        x_train, y_train = x_train[order[n_val:]], y_train[order[n_val:]]
-    dims = [0] + list(range(2, x_train.dim()))  # every axis but the channel
-    stats = x_train.to(device, torch.float32)
-    mean = stats.mean(dims, keepdim=True)
-    std = stats.std(dims, keepdim=True).clamp_min(1e-6)
-    del stats
-
-    def norm(x):
-        return None if x is None else (x.to(device, torch.float32) - mean) / std
-
-    def on(y):
-        return None if y is None else y.to(device)
-
-    return Splits(
-        norm(x_train),
-        on(y_train),
-        norm(raw["x_test"]),
-        on(raw["y_test"]),
-        norm(x_val),
-        on(y_val),
-        mean,
-        std,
-        raw.get("lineage"),
-    )

@@ -12,7 +12,8 @@ import torch
 from omegaconf import DictConfig
 
 from archbench import evaluation, logged_model
-from archbench.data import Splits, class_names
+from archbench.data import class_names
+from archbench.splits import Splits
 from archbench.tracking import Run, flatten
 
 

@@ -21,8 +21,8 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from archbench.augment import RandomCropFlip
-from archbench.data import Splits
 from archbench.debug import check_overfit, epoch_batches
+from archbench.splits import Splits
 from archbench.stopping import EarlyStopping
 
 
