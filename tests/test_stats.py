@@ -83,6 +83,31 @@ def test_seeds_needed_match_the_published_tables():
     assert stats.seeds_needed(0.0, paired=True) is None
 
 
+def test_seeds_needed_falls_as_the_effect_grows_down_to_two(recwarn):
+    # statsmodels' own solver fails (NaN) where 2 or 3 seeds suffice; the answer must not jump there
+    effects = [0.05, 0.2, 0.5, 1, 2, 3, 5, 6, 8, 9, 12, 20, 40]
+    for paired in (True, False):
+        needed = [stats.seeds_needed(d, paired) for d in effects]
+        assert needed == sorted(needed, reverse=True) and needed[-1] == 2, (paired, needed)
+        assert stats.seeds_needed(-1.0, paired) == stats.seeds_needed(1.0, paired)
+    assert stats.seeds_needed(1e-6, paired=True) == stats.MAX_SEEDS + 1  # more than we would run
+    assert not [w for w in recwarn if "converge" in str(w.message)]
+
+
+def test_a_large_gap_on_two_seeds_is_not_resolved_but_needs_few_more():
+    # paired, d = 7: the interval on 2 seeds still spans 0 (t = 12.7 on 1 df), 3 seeds would do
+    data = runs({"a": [0.900, 0.904], "b": [0.874, 0.872]})  # differences -0.026, -0.032
+    b = row(stats.summarize(data, "test_accuracy"), "b")
+    assert b.diff_low < 0 < b.diff_high and b.verdict.endswith(
+        "~3 seeds would resolve a difference of this size"
+    )
+
+
+def test_an_arm_above_the_reference_is_better_not_unresolved():
+    v = stats.versus(pd.Series([0.85, 0.86, 0.855]), pd.Series([0.87, 0.881, 0.874]))
+    assert v["diff_low"] > 0 and v["verdict"] == "better (3 seeds, paired)"
+
+
 def test_identical_arms_are_not_called_different():
     rng = np.random.default_rng(7)
     called = 0
