@@ -180,8 +180,8 @@ def test_sigterm_marks_killed_and_resume_finishes_it_exactly(tmp_path):
     assert killed.data.tags["archbench.error"] == "Terminated: stopped by SIGTERM"
 
     resume = start(tmp_path / "a", f"resume={run.info.run_id}")
+    reference = start(tmp_path / "b", *SLOW)  # side by side: both are mostly start-up
     assert resume.wait(timeout=180) == 0, resume.communicate()
-    reference = start(tmp_path / "b", *SLOW)
     assert reference.wait(timeout=180) == 0, reference.communicate()
     (ref,) = all_runs(tmp_path / "b")
     assert store(tmp_path / "a").get_run(run.info.run_id).info.status == "FINISHED"

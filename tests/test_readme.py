@@ -2,8 +2,9 @@
 runs here as a user types it, with overrides appended that shrink it, and leaves what it promises.
 
 Each block runs top to bottom on a fresh store, as a user would type it (so `make compare` sees the
-sweeps above it). A command the README gains must get a promise below, or a reason to skip, the day
-it is written: `test_every_readme_command_has_a_promise` fails until it has one.
+sweeps above it); two sections run side by side. A command the README gains must get a promise
+below, or a reason to skip, the day it is written: `test_every_readme_command_has_a_promise` fails
+until it has one.
 """
 
 import os
@@ -14,12 +15,13 @@ import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, all_runs, small
+from conftest import ROOT, all_runs, small, store
 from test_lifecycle import SLOW
 
 pytestmark = pytest.mark.slow
@@ -32,11 +34,19 @@ class Promise:
     names: tuple[str, ...] = ()  # the added jobs' run names, sorted, where the README names them
     output: tuple[str, ...] = ()  # what its standard output shows
     resumes: bool = False  # continues the killed run it is given as <run_id>
+    params: tuple[tuple[str, str], ...] = ()  # (param, value) every added job logged
+    metrics: frozenset[str] = frozenset()  # metrics every added job logged
+    parent_files: tuple[str, ...] = ()  # artifacts on the sweep's parent run
+    sweep_dir: tuple[str, ...] = ()  # what the sweep's folder holds (a launcher's own records)
 
 
 ACTIVATIONS = tuple(f"mlp-{a}-sgd" for a in ("relu", "sigmoid", "tanh"))
 ARCHITECTURES = tuple(f"{m}-relu-sgd" for m in ("cnn1", "cnn2", "cnn3", "mlp", "mlp_deep"))
 CARD = ("cnn3-relu-sgd", "cnn3-tanh-sgd")
+RECORD = frozenset(
+    ("train_loss", "train_accuracy", "test_accuracy", "test_loss", "epoch_time_s", "train_time_s")
+    + ("params_total", "params_trainable", "mult_adds")
+)
 
 PROMISES = {
     "make run": Promise(jobs=1, names=("mlp-relu-sgd",)),
@@ -72,11 +82,17 @@ PROMISES = {
         )
     ),
     "python run.py resume=<run_id>": Promise(resumes=True),
+    # 15 jobs four at a time into a fresh store, and the comparison from the launching process
     "python run.py +experiment=architectures hydra/launcher=joblib hydra.launcher.n_jobs=4": Promise(
-        jobs=15, sweeps=1, names=ARCHITECTURES * 3
+        jobs=15,
+        sweeps=1,
+        names=ARCHITECTURES * 3,
+        params=(("train.threads", "1"),),  # jobs x threads <= cores: 1 thread each below 8 cores
+        metrics=RECORD,
+        parent_files=("comparison.md", "comparison.csv", "comparison.png", "curves.png"),
     ),
     "python run.py -m hydra/launcher=submitit_local activation=relu,tanh": Promise(
-        jobs=2, sweeps=1, names=("mlp-relu-sgd", "mlp-tanh-sgd")
+        jobs=2, sweeps=1, names=("mlp-relu-sgd", "mlp-tanh-sgd"), sweep_dir=(".submitit",)
     ),
     "python run.py +search=lr_batch model=cnn2 hydra.sweeper.n_trials=30": Promise(jobs=3, sweeps=1),
     "python run.py +search=lr_batch 'activation=choice(relu,tanh,sigmoid)'": Promise(jobs=3, sweeps=1),
@@ -197,8 +213,28 @@ def sections() -> list[str]:
     return seen
 
 
+@pytest.fixture(scope="module")
+def section_runs(request, tmp_path_factory):
+    """The selected sections, started two at a time as soon as the first one's test starts: a
+    section is mostly single-threaded start-up (Python, Hydra, MLflow), so on 2 cores two of them
+    side by side take little longer than one. Each keeps its own store and folder."""
+    wanted = [
+        item.callspec.params["section"]
+        for item in request.session.items
+        if getattr(item, "originalname", None) == "test_readme_commands_do_what_they_promise"
+    ]
+    pool = ThreadPoolExecutor(max_workers=2)
+    yield {s: pool.submit(run_section, s, tmp_path_factory.mktemp("readme")) for s in wanted}
+    pool.shutdown(cancel_futures=True)
+
+
 @pytest.mark.parametrize("section", sections())
-def test_readme_commands_do_what_they_promise(section, tmp_path):
+def test_readme_commands_do_what_they_promise(section, section_runs):
+    section_runs[section].result()  # its assertion, if one failed
+
+
+def run_section(section: str, tmp_path: Path) -> None:
+    """The section's commands in order, on a fresh store, each checked against its promise."""
     # `python` is the venv's, as after `source .venv/bin/activate`; the store is this test's own
     env = {
         **os.environ,
@@ -231,6 +267,14 @@ def test_readme_commands_do_what_they_promise(section, tmp_path):
         if parents:
             ids = {p.info.run_id for p in parents}
             assert all(r.data.tags.get("mlflow.parentRunId") in ids for r in jobs), command
+        for key, value in promise.params:
+            assert {r.data.params[key] for r in jobs} == {value}, (command, key)
+        assert all(promise.metrics <= set(r.data.metrics) for r in jobs), command
+        for parent in parents if promise.parent_files else ():
+            files = {a.path for a in store(tmp_path).list_artifacts(parent.info.run_id)}
+            assert set(promise.parent_files) <= files, command
+        for name in promise.sweep_dir:  # really went through the launcher
+            assert (tmp_path / "outputs" / f"sweep-{n}" / name).exists(), command
         if promise.resumes:
             (run,) = [r for r in runs if r.info.run_id == resumed]
             assert run.info.status == "FINISHED" and run.data.tags["archbench.resumed"] == "1", command

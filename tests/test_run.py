@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 
 from archbench.app import main
 from archbench.data import IdxSource
-from conftest import all_runs, compose_job, run_py, store
+from conftest import all_runs, compose_job, store
 
 SYSTEM = "/usr/share/datasets/fashion-mnist"
 have_fashion = IdxSource("fashion_mnist", "FashionMNIST", SYSTEM, [1, 28, 28], 10).find(Path("data"))
@@ -76,12 +76,3 @@ def test_record_on_synthetic_data(tmp_path):
     (run,) = all_runs(tmp_path)
     check_record(tmp_path, run, cfg, epochs=2)
     assert (tmp_path / "mlruns" / "archbench").is_dir(), "artifacts live beside the database"
-
-
-def test_multirun_gives_one_finished_run_per_job(tmp_path):
-    result = run_py(tmp_path, "model=cnn3", "-m", "activation=relu,tanh")
-    assert result.returncode == 0, result.stderr
-    children = [r for r in all_runs(tmp_path) if r.data.tags.get("archbench.sweep") != "parent"]
-    assert sorted(r.info.run_name for r in children) == ["cnn3-relu-sgd", "cnn3-tanh-sgd"]
-    assert {r.info.status for r in children} == {"FINISHED"}
-    assert len({r.info.experiment_id for r in children}) == 1

@@ -45,13 +45,10 @@ def test_presets_are_the_course_comparisons_over_seeds(preset, sweeps, seeds):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["basic", "joblib"])
-def test_parent_run_holds_the_comparison(tmp_path, launcher):
-    extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+def test_parent_run_holds_the_comparison(tmp_path):
+    # with joblib's launcher: the README's "Parallel sweeps" command (tests/test_readme.py)
     assert not (tmp_path / "mlruns").exists()  # a fresh store: no database file yet
-    result = run_py(
-        tmp_path, "-m", "activation=relu,tanh,sigmoid", "seeds=2", "dataset.train_size=500", *extra
-    )
+    result = run_py(tmp_path, "-m", "activation=relu,tanh,sigmoid", "seeds=2", "dataset.train_size=500")
     assert result.returncode == 0, result.stderr
     parent, children = parent_and_children(tmp_path)
     assert len(children) == 6 and {r.info.status for r in children} == {"FINISHED"}
