@@ -69,7 +69,7 @@ test-deps: ## Chromium and PostgreSQL for the end-to-end tests (installed when r
 	  echo "test tools: installed $$missing"; \
 	else echo "missing $$missing: the browser and PostgreSQL tests will skip"; fi
 
-test: install test-deps ## every test, end-to-end ones included (a few minutes on 2 cores)
+test: install test-deps ## every test, end-to-end ones included (about 12 minutes on 2 cores)
 	$(PY) -m pytest $(ARGS)
 
 test-fast: install ## the quick tests only (no browser, server or real-data sweeps)
