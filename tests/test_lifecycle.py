@@ -99,7 +99,8 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     )
 
 
-def test_resume_of_a_run_logged_before_the_training_options(tmp_path, monkeypatch):
+@pytest.mark.parametrize("logged_by", ["older archbench", "a 5-seed preset's sweep"])
+def test_resume_of_a_run_whose_config_differs_from_todays(tmp_path, monkeypatch, logged_by):
     stop_at_epoch(monkeypatch, 2, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         app.main(compose_job(tmp_path, "train.epochs=2"))
@@ -107,9 +108,12 @@ def test_resume_of_a_run_logged_before_the_training_options(tmp_path, monkeypatc
     killed = only_run(tmp_path).info.run_id
     (logged,) = (tmp_path / "mlruns").rglob(f"{killed}/artifacts/config.yaml")
     old = OmegaConf.load(logged)
-    del old["scheduler"]
-    for key in ("early_stopping", "limit_batches", "overfit_batches"):
-        del old.train[key]
+    if logged_by == "older archbench":  # before the training options and seeds existed
+        del old["scheduler"], old["seeds"]
+        for key in ("early_stopping", "limit_batches", "overfit_batches"):
+            del old.train[key]
+    else:  # one job of `+experiment=activations`: resumed alone, it is one run, not a sweep
+        old.seeds = 5
     OmegaConf.save(old, logged)
     app.main(compose_job(tmp_path, f"resume={killed}"))
     assert only_run(tmp_path).info.status == "FINISHED" and steps(tmp_path, only_run(tmp_path)) == [1, 2]

@@ -218,6 +218,20 @@ def test_more_seeds_later_add_to_the_evidence(tmp_path, capsys):
     )
 
 
+def test_one_run_with_a_validation_split_does_not_change_what_the_experiment_is_ranked_by(tmp_path):
+    mlflow_client, exp, _ = known_store(tmp_path)
+    search = mlflow_client.create_run(exp, run_name="sweep-lr_batch", tags={"archbench.sweep": "parent"})
+    add_runs(mlflow_client, exp, search.info.run_id, {"tanh": [0.871]}, [7])
+    (trial,) = [r for r in mlflow_client.search_runs([exp]) if r.data.params.get("seed") == "7"]
+    mlflow_client.log_metric(trial.info.run_id, "val_accuracy", 0.88)  # a search trial's
+    comp = report.Comparison.of(report.experiment_runs(mlflow_client, exp)[0], "experiment known")
+    assert comp.metric == "test_accuracy"
+    s = comp.summary.set_index("configuration")
+    assert s.loc["activation=tanh"].n == 4 and s.loc["activation=relu"].failed == 0
+    val_only = report.sweep_runs(mlflow_client, search.info.run_id)
+    assert report.Comparison.of(val_only, "sweep-lr_batch").metric == "val_accuracy"
+
+
 def test_report_says_when_there_is_nothing(tmp_path, capsys):
     assert report.main(["--tracking-uri", f"sqlite:///{tmp_path}/none.db"]) == 1
     assert "nothing to compare: no MLflow store" in capsys.readouterr().err

@@ -27,6 +27,7 @@ ADDED_KEYS = {
     "train.early_stopping": {"patience": None, "min_delta": 0.0},
     "train.limit_batches": None,
     "train.overfit_batches": None,
+    "seeds": 1,
 }
 
 
@@ -146,17 +147,18 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
                 run.log_state({**trainer.checkpoint(epoch), "train_time_s": spent})
 
         final = trainer.fit(data, cfg.train.epochs, start_epoch=start, on_epoch_end=on_epoch_end)
+        last = int(final.get("stopped_epoch", cfg.train.epochs))  # the step MLflow links the model to
         if "best_epoch" in final:  # early stopping: the best epoch's figures are the run's final ones
-            run.log_metrics(final, step=int(final["stopped_epoch"]))
+            run.log_metrics(final, step=last)
         totals = {
             "params_total": counts["total"],
             "params_trainable": counts["trainable"],
             "mult_adds": mult_adds(trainer.module, cfg.model.input_shape, device),  # per sample
             "train_time_s": spent,
         }
-        run.log_metrics(totals, step=cfg.train.epochs)
+        run.log_metrics(totals, step=last)
         # the model (runs:/<id>/model), confusion matrix and accuracy per class
-        records.log_outcome(run, cfg, trainer.module, data, trainer.predict(data.x_test))
+        records.log_outcome(run, cfg, trainer.module, data, trainer.predict(data.x_test), step=last)
     final.update(totals)
     log.info("%s: %s", run.name, ", ".join(f"{k}={v:.4g}" for k, v in final.items()))
     return final.get("val_accuracy", final["test_accuracy"])

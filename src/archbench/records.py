@@ -41,18 +41,19 @@ def log_datasets(run: Run, lineage: dict) -> None:
     run.client.log_inputs(run.run_id, datasets=inputs)
 
 
-def log_outcome(run: Run, cfg: DictConfig, network, data: Splits, predicted: torch.Tensor) -> None:
+def log_outcome(run: Run, cfg: DictConfig, network, data: Splits, predicted: torch.Tensor, step: int) -> None:
     """What a run leaves at its end: accuracy per class, the confusion matrix, and the model.
 
-    The per-class metrics go in before the model, at the last epoch's step, so MLflow links them
-    to it together with test_accuracy and the rest.
+    `step` is the one the run's final figures went in at: the last epoch, or the one early stopping
+    stopped at. The per-class metrics go in there before the model, and MLflow links every metric
+    at the model's step to it, so the model carries test_accuracy and the rest.
     """
     classes = class_names(cfg.dataset.get("classes"), cfg.dataset.num_classes)
     matrix = evaluation.confusion(data.y_test, predicted, len(classes))
     shares = evaluation.per_class_accuracy(matrix)
     run.log_metrics(
         {metric_name("test_accuracy", c): a for c, a in zip(classes, shares, strict=True) if a is not None},
-        step=cfg.train.epochs,
+        step=step,
     )
     title = f"{run.name}: test accuracy {float(matrix.trace() / matrix.sum()):.4f}"
     with tempfile.TemporaryDirectory() as tmp, run.atomic():
@@ -62,7 +63,7 @@ def log_outcome(run: Run, cfg: DictConfig, network, data: Splits, predicted: tor
     raw = data.x_test[: logged_model.EXAMPLE_ROWS] * data.std + data.mean  # what a user of the model has
     with run.atomic():
         logged_model.log_model(
-            run, network, data.mean, data.std, raw.round(decimals=3), cfg.train.epochs,
+            run, network, data.mean, data.std, raw.round(decimals=3), step,
             register=cfg.tracking.get("register"), params=flatten(cfg),
         )  # fmt: skip
 

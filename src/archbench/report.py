@@ -96,7 +96,7 @@ def experiment_runs(mlflow_client, experiment_id: str) -> tuple[pd.DataFrame, in
 @dataclass
 class Comparison:
     runs: pd.DataFrame  # a row per run
-    metric: str  # val_accuracy where the runs held out a validation split, else test_accuracy
+    metric: str  # val_accuracy where every finished run held out a validation split, else test_accuracy
     summary: pd.DataFrame  # a row per configuration, best first (stats.summarize)
     labels: dict[str, str]  # configuration -> what sets it apart from the others
     title: str
@@ -104,12 +104,13 @@ class Comparison:
 
     @classmethod
     def of(cls, runs: pd.DataFrame, where: str, note: str = "") -> "Comparison":
-        metric = "val_accuracy" if runs.val_accuracy.notna().any() else "test_accuracy"
+        done = runs[runs.status == "FINISHED"]
+        # every finished run held out a validation split (a search): rank by it; a mix: the test set
+        metric = "val_accuracy" if len(done) and done.val_accuracy.notna().all() else "test_accuracy"
         summary = stats.summarize(runs, metric)
         configs = list(summary.configuration)
         shared = set.intersection(*(set(c.split()) for c in configs)) if len(configs) > 1 else set()
         labels = {c: " ".join(o for o in c.split() if o not in shared) or c for c in configs}
-        done = runs[runs.status == "FINISHED"]
         n = sorted(set(summary.n[summary.n > 0]))
         seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}" if n else "0"
         what = [

@@ -77,7 +77,8 @@ def for_job(source, data_dir: Path, device: torch.device, val_fraction: float, s
     global _kept
     key = (
         type(source).__qualname__,
-        repr(sorted(vars(source).items())),
+        # augmentation is applied per batch by the trainer, not to the splits
+        repr(sorted((k, v) for k, v in vars(source).items() if k != "augmentation")),
         str(Path(data_dir).resolve()),
         str(device),
         val_fraction,

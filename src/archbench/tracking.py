@@ -33,7 +33,8 @@ def redact_overrides(overrides: list[str]) -> list[str]:
     return [re.sub(r"(?<==)(\w[\w+.-]*://\S+)", lambda m: redact(m.group(1)), o) for o in overrides]
 
 
-# MLflow 3's UI opens an experiment in its GenAI view unless told it holds model training runs
+# The experiment's kind as MLflow 3's UI reads it: model training, not GenAI. (3.17 still opens in
+# its GenAI view by a per-browser default, so the links archbench prints ask for the other view.)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
@@ -94,6 +95,7 @@ class Run:
         self._pending: str | None = None
         self._saved_handlers: dict = {}
         self._monitor = None
+        self._last_ms = 0  # the last metric timestamp: each batch's is later (see log_metrics)
 
     @classmethod
     def start(cls, mlflow_client, experiment: str, name: str, tags: dict, parent_run_id=None):
@@ -136,7 +138,7 @@ class Run:
 
         # strictly later than this run's last call: at an equal step, MLflow keeps the later value as
         # the run's summary (early stopping logs its best epoch's figures after the last epoch's)
-        now = self._last_ms = max(int(time.time() * 1000), getattr(self, "_last_ms", 0) + 1)
+        now = self._last_ms = max(int(time.time() * 1000), self._last_ms + 1)
         with self.atomic():
             self.client.log_batch(self.run_id, [Metric(k, float(v), now, step) for k, v in metrics.items()])
 
@@ -250,5 +252,6 @@ def resume_point(cfg: DictConfig) -> tuple[DictConfig, dict]:
         ) from e
     logged.tracking = cfg.tracking
     logged.resume = cfg.resume
+    logged.seeds = 1  # the run was one seed of its sweep (seeds: 5 in a preset); resumed, it is one run
     logged.train.progress = cfg.train.progress
     return logged, state
