@@ -48,7 +48,7 @@ search: install ## Optuna search of lr and batch size on a validation split: ARG
 	$(PY) run.py +search=lr_batch $(ARGS)
 
 compare: install ## the latest sweep's comparison table and chart: ARGS="--parent RUN_ID"
-	$(PY) -m archbench.report --tracking-uri '$(TRACKING_URI)' $(ARGS)
+	$(PY) -m archbench.compare.report --tracking-uri '$(TRACKING_URI)' $(ARGS)
 
 ui: install ## the MLflow UI on http://127.0.0.1:5000 (PORT=..., HOST=0.0.0.0 to share it)
 	$(PY) -m mlflow ui --backend-store-uri '$(TRACKING_URI)' --host $(HOST) --port $(PORT)

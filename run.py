@@ -25,6 +25,6 @@ if __name__ == "__main__":
     sys.argv[1:] = main_argv(sys.argv[1:])  # flags anywhere among the overrides, as people type them
     try:
         main()
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM raised as archbench.tracking.Terminated
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM raised as archbench.tracking.runs.Terminated
         print(f"interrupted ({e or 'Ctrl-C'}): runs in progress are marked KILLED", file=sys.stderr)
         sys.exit(143 if type(e).__name__ == "Terminated" else 130)

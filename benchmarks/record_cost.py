@@ -24,7 +24,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from archbench import app, evaluation, logged_model, records  # noqa: E402
+from archbench import app, evaluation  # noqa: E402
+from archbench.tracking import logged_model, records  # noqa: E402
 from archbench.train import Trainer  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

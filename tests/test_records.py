@@ -18,10 +18,10 @@ from hydra.utils import instantiate
 
 from archbench import data as data_module
 from archbench.app import main
-from archbench.logged_model import _tracking_uri
 from archbench.models import MLP
-from archbench.records import metric_name
 from archbench.summary import model_summary, mult_adds
+from archbench.tracking.logged_model import _tracking_uri
+from archbench.tracking.records import metric_name
 from conftest import all_runs, compose_job, store
 from datafiles import write_idx_set
 

@@ -4,7 +4,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from archbench.tracking import flatten, redact, redact_overrides, resolved_yaml
+from archbench.tracking.runs import flatten, redact, redact_overrides, resolved_yaml
 from conftest import ROOT, compose_job
 
 URI = "postgresql://alice:s3cret@db.example:5432/mlflow"

@@ -158,7 +158,8 @@ def test_sweep_runs_land_in_postgres(postgres, server, sweep, tmp_path):
 
 def test_report_reads_the_sweep_back(server, sweep, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "archbench.report", "--tracking-uri", server.url, "--out", str(tmp_path)],
+        [sys.executable, "-m", "archbench.compare.report", "--tracking-uri", server.url,
+         "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from archbench import app, records
-from archbench import store as store_module
+from archbench import app
+from archbench.tracking import records
+from archbench.tracking import store as store_module
 from conftest import ROOT, all_runs, compose_job, free_port, shrunk, stop_group, wait_for_health
 from test_lifecycle import SLOW, epochs_logged
 from test_server import missing
@@ -76,7 +77,7 @@ def test_everything_started_at_once_succeeds_and_the_store_stays_readable(tmp_pa
     processes = [start(tmp_path, *args, f"hydra.run.dir={tmp_path}/run{i}") for i in range(3)]
     processes.append(start(tmp_path, "-m", *args, "activation=relu,tanh"))
     report = ("--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path / "cmp"))
-    processes.append(start(tmp_path, *report, program=("-m", "archbench.report")))
+    processes.append(start(tmp_path, *report, program=("-m", "archbench.compare.report")))
     for process in processes[:-1]:
         out, err = process.communicate(timeout=300)
         assert process.returncode == 0, err[-3000:]
@@ -202,7 +203,7 @@ def test_a_read_only_store_is_one_line(tmp_path, small_disk):
     assert line.startswith(f"error: the MLflow store {db} is read-only"), line
     assert "attempt to write a readonly database" in line and "make it writable" in line
     # reading needs no lock file (none can be made there): the report reads it
-    report = start(tmp_path, "--tracking-uri", f"sqlite:///{db}", program=("-m", "archbench.report"))
+    report = start(tmp_path, "--tracking-uri", f"sqlite:///{db}", program=("-m", "archbench.compare.report"))
     _, err = report.communicate(timeout=120)
     assert err.strip().endswith("no sweep recorded yet") and "Traceback" not in err, err
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 from hydra import compose, initialize
 
-from archbench import app, report
-from archbench.tracking import client
+from archbench import app
+from archbench.compare import report
+from archbench.tracking.runs import client
 from archbench.train import Trainer
 from conftest import all_runs, compose_job, run_py, store
 

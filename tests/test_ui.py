@@ -14,7 +14,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.expected_conditions import element_to_be_clickable
 from selenium.webdriver.support.ui import WebDriverWait
 
-from archbench import report
+from archbench.compare import report
 from conftest import all_runs, free_port, run_py, stop_group, wait_for_health
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's packages: nothing is ever downloaded

@@ -11,12 +11,13 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from archbench import records, splits, store, tracking
+from archbench import splits
 from archbench.augment import augmentation
 from archbench.config import GROUPS, configuration, validate
 from archbench.debug import debug_tag, epoch_batches
 from archbench.stopping import EarlyStopping
 from archbench.summary import breakdown, model_summary, mult_adds, parameter_counts
+from archbench.tracking import records, runs, store
 from archbench.train import Trainer, keep_freed_memory, place
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def run_job(cfg: DictConfig) -> float | None:
-    cfg, state = tracking.resume_point(cfg) if cfg.resume else (cfg, None)
+    cfg, state = runs.resume_point(cfg) if cfg.resume else (cfg, None)
     for key, off in ADDED_KEYS.items():
         if OmegaConf.select(cfg, key, default=KeyError) is KeyError:
             OmegaConf.update(cfg, key, off, force_add=True)
@@ -59,7 +60,7 @@ def run_job(cfg: DictConfig) -> float | None:
         print(model_summary(model, cfg.model.input_shape))  # one sample, as the course shows it
         print(breakdown(model))
         return None
-    tracking.client(cfg.tracking.uri)  # a store that cannot be reached or written fails here, before any data
+    runs.client(cfg.tracking.uri)  # a store that cannot be reached or written fails here, before any data
     source = instantiate(cfg.dataset)
     data = splits.for_job(source, Path(cfg.data_dir), device, cfg.train.val_fraction, cfg.seed)
     model = place(model, data, cfg.train.channels_last)
@@ -126,7 +127,7 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
         **debug_tag(cfg),
     }
     name = "-".join(picked[g] for g in ("model", "activation", "optimizer"))
-    run = tracking.open_run(cfg, name, tags, sweep_dir(), resume_id=cfg.resume)
+    run = runs.open_run(cfg, name, tags, sweep_dir(), resume_id=cfg.resume)
     with run:
         start, spent = 1, 0.0
         if state is not None:
@@ -182,7 +183,7 @@ def default_threads() -> int:
 
 
 def job_overrides() -> list[str]:
-    return tracking.redact_overrides(OmegaConf.to_container(HydraConfig.get().overrides.task))
+    return runs.redact_overrides(OmegaConf.to_container(HydraConfig.get().overrides.task))
 
 
 def sweep_dir() -> Path | None:

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from archbench.tracking import redact
+from archbench.tracking.runs import redact
 
 BACKEND_ENV = "ARCHBENCH_BACKEND_STORE_URI"
 ARTIFACTS_ENV = "ARCHBENCH_ARTIFACTS_DESTINATION"

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from archbench.store import client, redact
+from archbench.tracking.store import client, redact
 
 log = logging.getLogger(__name__)
 

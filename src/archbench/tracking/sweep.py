@@ -19,8 +19,10 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from archbench import report, store, tracking
+from archbench.compare import report
 from archbench.config import GROUPS
+from archbench.tracking import store
+from archbench.tracking.runs import PARENT_FILE, Terminated, client, experiment_id, redact_overrides
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,8 @@ class MlflowSweep(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
-            mlflow_client = tracking.client(config.tracking.uri)
-            experiment = tracking.experiment_id(mlflow_client, config.tracking.experiment)
+            mlflow_client = client(config.tracking.uri)
+            experiment = experiment_id(mlflow_client, config.tracking.experiment)
         except Exception as e:  # no job can be tracked: one line, as for a single run
             line = store.failure(e, config.tracking.uri)
             if line is None:
@@ -46,7 +48,7 @@ class MlflowSweep(Callback):
             raise SystemExit(f"error: {line}") from None
         picked = config.hydra.runtime.choices
         preset = next((picked[g] for g in PRESET_GROUPS if picked.get(g)), None)
-        overrides = " ".join(tracking.redact_overrides(OmegaConf.to_container(config.hydra.overrides.task)))
+        overrides = " ".join(redact_overrides(OmegaConf.to_container(config.hydra.overrides.task)))
         run = mlflow_client.create_run(
             experiment,
             run_name=f"sweep-{preset or sweep_dir.parent.name + '-' + sweep_dir.name}",
@@ -59,7 +61,7 @@ class MlflowSweep(Callback):
         self.parent_id, self.parent_name = run.info.run_id, run.info.run_name
         mlflow_client.log_param(self.parent_id, "sweep.overrides", overrides or "(none)")
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / tracking.PARENT_FILE).write_text(self.parent_id)
+        (sweep_dir / PARENT_FILE).write_text(self.parent_id)
         # Hydra skips on_multirun_end when a job raised or a signal came; the parent must still
         # be closed. SIGTERM (scancel) would otherwise end the process without running atexit.
         atexit.register(self._finish, config, interrupted=True)
@@ -68,14 +70,14 @@ class MlflowSweep(Callback):
 
     def _on_sigterm(self, signum, frame):
         self.signalled = True
-        raise tracking.Terminated("stopped by SIGTERM")
+        raise Terminated("stopped by SIGTERM")
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
         if job_return.status != JobStatus.FAILED or config.hydra.mode.name != "MULTIRUN":
             return
         error = job_return._return_value  # the exception; the public getter re-raises it
         record = {
-            "overrides": tracking.redact_overrides(job_return.overrides),
+            "overrides": redact_overrides(job_return.overrides),
             "choices": {g: str(config.hydra.runtime.choices.get(g)) for g in GROUPS},
             "error": f"{type(error).__name__}: {error}",
         }
@@ -91,7 +93,7 @@ class MlflowSweep(Callback):
             return
         parent_id, self.parent_id = self.parent_id, None
         sweep_dir = Path(config.hydra.sweep.dir)
-        mlflow_client = tracking.client(config.tracking.uri)
+        mlflow_client = client(config.tracking.uri)
         failures = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{FAILED_FILE}"))]
         statuses: set[str] = set()
         try:

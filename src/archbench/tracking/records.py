@@ -11,10 +11,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from archbench import evaluation, logged_model
+from archbench import evaluation
 from archbench.data import class_names
 from archbench.splits import Splits
-from archbench.tracking import Run, flatten
+from archbench.tracking import logged_model
+from archbench.tracking.runs import Run, flatten
 
 
 def log_datasets(run: Run, lineage: dict) -> None:

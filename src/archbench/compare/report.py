@@ -1,8 +1,8 @@
 """Comparisons per configuration, read back from MLflow: table, CSV, charts.
 
-python -m archbench.report                      # the latest sweep
-python -m archbench.report --parent RUN_ID      # one sweep, by its parent run
-python -m archbench.report --experiment NAME    # every job run of an experiment, across sweeps
+python -m archbench.compare.report                      # the latest sweep
+python -m archbench.compare.report --parent RUN_ID      # one sweep, by its parent run
+python -m archbench.compare.report --experiment NAME    # every job run of an experiment, across sweeps
 """
 
 import argparse
@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from archbench import charts, stats, store, tracking
+from archbench.compare import charts, stats
 from archbench.config import configuration
+from archbench.tracking import store
 
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"  # as conf/config.yaml's tracking.uri
 # MLflow 3.17's UI opens in GenAI mode, whatever the experiment's kind, unless the URL asks otherwise
@@ -257,7 +258,9 @@ def find(mlflow_client, parent: str | None, experiment: str | None) -> tuple[Com
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m archbench.report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m archbench.compare.report", description=__doc__.split("\n")[0]
+    )
     pick = parser.add_mutually_exclusive_group()
     pick.add_argument("--parent", help="a sweep's parent run id (default: the latest sweep)")
     pick.add_argument("--experiment", help="every job run of this experiment, grouped by configuration")
@@ -272,10 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     try:
-        mlflow_client = tracking.client(args.tracking_uri)
+        mlflow_client = store.client(args.tracking_uri)
         comp, name, experiment_id = find(mlflow_client, args.parent, args.experiment)
     except NothingToCompare as e:
-        print(f"nothing to compare in {tracking.redact(args.tracking_uri)}: {e}", file=sys.stderr)
+        print(f"nothing to compare in {store.redact(args.tracking_uri)}: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # a store that is locked, unreadable or not answering: one line
         line = store.failure(e, args.tracking_uri)

@@ -1,0 +1,1 @@
+"""Comparisons over seeds: the statistics, the report read back from MLflow, and its charts."""
