@@ -75,6 +75,8 @@ def test_overfit_preset_learns_its_batch(tmp_path, caplog):
     (run,) = all_runs(tmp_path)
     assert run.info.status == "FINISHED" and run.data.tags["archbench.debug"] == "overfit"
     assert "overfit check passed: accuracy 1.000 on the 100 samples" in caplog.text
+    # the check's own figure on the record, not train_accuracy (the mean over all 500 steps)
+    assert run.data.metrics["overfit_accuracy"] == 1.0 > run.data.metrics["train_accuracy"]
     assert "after 500 steps" in caplog.text
 
 
@@ -87,3 +89,5 @@ def test_overfit_preset_fails_a_model_that_cannot_learn(tmp_path):
     assert "optimizer.lr far too small or too large" in message and "train.limit_batches=2000" in message
     (run,) = all_runs(tmp_path)
     assert run.info.status == "FAILED" and "overfit check failed" in run.data.tags["archbench.error"]
+    reached = run.data.metrics["overfit_accuracy"]
+    assert reached < 0.99 and f"accuracy {reached:.3f} on the 100 samples" in message

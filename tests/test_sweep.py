@@ -4,12 +4,15 @@ import csv
 import io
 import json
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize
+from scipy import stats
 
 from archbench import app
 from archbench.compare import report
+from archbench.compare.table import csv_text, markdown
 from archbench.tracking.runs import client
 from archbench.train import Trainer
 from conftest import all_runs, compose_job, run_py, store
@@ -63,7 +66,7 @@ def test_parent_run_holds_the_comparison(tmp_path):
     assert parent.data.tags["archbench.sweep_dir"] == str(tmp_path / "outputs" / "sweep")
     assert "activation=relu,tanh,sigmoid" in parent.data.params["sweep.overrides"]
     names = {a.path for a in store(tmp_path).list_artifacts(parent.info.run_id)}
-    assert {"comparison.md", "comparison.csv", "comparison.png", "curves.png"} <= names
+    assert {"comparison.md", "comparison.csv", "comparison.png", "curves.png", "pareto.png"} <= names
     rows = list(csv.DictReader(io.StringIO(artifact_text(tmp_path, parent.info.run_id, "comparison.csv"))))
     means = {}
     for r in children:
@@ -74,7 +77,7 @@ def test_parent_run_holds_the_comparison(tmp_path):
     # the UI shows it without digging: the run's description, and headline metrics
     note = parent.data.tags["mlflow.note.content"]
     assert note == artifact_text(tmp_path, parent.info.run_id, "comparison.md")
-    assert "| 1 | activation=" in note and "95% CI" in note and "synthetic, 1 epochs, 2 seeds" in note
+    assert "| 1 | activation=" in note and "95% CI" in note and "synthetic, 1 epoch(s), 2 seeds" in note
     metrics = parent.data.metrics
     assert metrics["configurations"] == 3 and metrics["seeds"] == 2
     assert metrics["best_mean"] == pytest.approx(float(rows[0]["mean"]))
@@ -166,8 +169,8 @@ def known_store(tmp_path):
 def test_report_per_configuration(tmp_path):
     mlflow_client, _, pid = known_store(tmp_path)
     comp = report.Comparison.of(report.sweep_runs(mlflow_client, pid), "sweep-known")
-    assert comp.title == "sweep-known: fashion_mnist, 2 epochs, 3 seeds per configuration"
-    table = report.markdown(comp)
+    assert comp.title == "sweep-known: fashion_mnist, 2 epoch(s), 3 seeds per configuration"
+    table = markdown(comp)
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
         ("| 1", "activation=tanh", "3", "0.8650"),
@@ -175,12 +178,15 @@ def test_report_per_configuration(tmp_path):
         ("| 3", "activation=relu", "3", "0.8350"),
         ("| 4", "activation=sigmoid", "0 (+1 failed)", "-"),
     ]
-    assert rows[0][7] == "best" and rows[2][7] == "worse (3 seeds, paired)"
-    assert rows[1][7].startswith("not resolved with 3 seeds; ~")
-    # 0.030, 0.029, 0.031 behind: sd 0.001, half-width 4.303 * 0.001 / sqrt(3) = 0.0025
-    assert rows[2][6] == "-0.0300 [-0.0325, -0.0275]"
+    assert rows[0][7] == "best" and rows[2][7] == "worse" and rows[1][7].startswith("open: ~")
+    # relu against the best of the others, with 6 pairs' intervals each at 1 - 0.05/6 (Bonferroni):
+    # 0.030, 0.029, 0.031 behind tanh (sd 0.001) bound it from above; its noisier gaps to gelu from below
+    t = stats.t.ppf(1 - 0.05 / 6 / 2, 2)
+    to_gelu = np.subtract(ARMS["relu"], ARMS["gelu"])
+    low = to_gelu.mean() - t * to_gelu.std(ddof=1) / np.sqrt(3)
+    assert rows[2][6] == f"-0.0300 [{low:+.4f}, {-0.030 + t * 0.001 / np.sqrt(3):+.4f}]"
     assert "- activation=sigmoid seed=0: FAILED: boom" in table
-    lines = list(csv.DictReader(io.StringIO(report.csv_text(comp))))
+    lines = list(csv.DictReader(io.StringIO(csv_text(comp))))
     assert [r["configuration"] for r in lines] == [
         f"activation={a}" for a in ("tanh", "gelu", "relu", "sigmoid")
     ]
@@ -196,27 +202,26 @@ def test_report_cli_writes_the_four_files(tmp_path, capsys):
         assert out.index("activation=tanh") < out.index("activation=gelu") < out.index("activation=relu")
     folders = {p.name: sorted(f.name for f in p.iterdir()) for p in (tmp_path / "out").iterdir()}
     assert set(folders) == {pid, "experiment-1"}
-    assert all(
-        f == ["comparison.csv", "comparison.md", "comparison.png", "curves.png"] for f in folders.values()
-    )
+    expected = ["comparison.csv", "comparison.md", "comparison.png", "curves.png", "pareto.png"]
+    assert all(f == expected for f in folders.values())
 
 
 def test_more_seeds_later_add_to_the_evidence(tmp_path, capsys):
     mlflow_client, exp, _ = known_store(tmp_path)
     second = mlflow_client.create_run(exp, run_name="sweep-more", tags={"archbench.sweep": "parent"})
-    # seeds 3 and 4, plus seed 0 of tanh again (a re-run): the later run replaces the earlier one
+    # seeds 3 and 4, plus seed 0 of tanh again (a re-run): one seed, the mean of its two runs
     add_runs(mlflow_client, exp, second.info.run_id, {"tanh": [0.861, 0.869], "relu": [0.832, 0.838]}, [3, 4])
     add_runs(mlflow_client, exp, second.info.run_id, {"tanh": [0.862]}, [0])
-    runs, superseded = report.experiment_runs(mlflow_client, exp)
-    assert superseded == 1
-    comp = report.Comparison.of(runs, "experiment known")
+    comp = report.Comparison.of(report.experiment_runs(mlflow_client, exp), "experiment known")
     s = comp.summary.set_index("configuration")
     assert s.loc["activation=tanh"].seeds == [0, 1, 2, 3, 4] and s.loc["activation=relu"].n == 5
-    assert s.loc["activation=tanh"]["mean"] == pytest.approx((0.862 + 0.870 + 0.865 + 0.861 + 0.869) / 5)
+    assert (s.loc["activation=tanh"].n, s.loc["activation=tanh"].runs) == (5, 6)
+    seed0 = (0.860 + 0.862) / 2
+    assert s.loc["activation=tanh"]["mean"] == pytest.approx((seed0 + 0.870 + 0.865 + 0.861 + 0.869) / 5)
     assert s.loc["activation=gelu"].test == "Welch"  # seeds 0-2 against tanh's 0-4
-    assert "1 earlier run(s) of a configuration and seed that ran again are left out." in report.markdown(
-        report.find(mlflow_client, None, "known")[0]
-    )
+    text = markdown(report.find(mlflow_client, None, "known")[0])
+    assert "Seeds that ran more than once count once, as the mean of their runs (1 extra run here)." in text
+    assert "Pooled across sweeps" in text
 
 
 def test_one_run_with_a_validation_split_does_not_change_what_the_experiment_is_ranked_by(tmp_path):
@@ -225,7 +230,7 @@ def test_one_run_with_a_validation_split_does_not_change_what_the_experiment_is_
     add_runs(mlflow_client, exp, search.info.run_id, {"tanh": [0.871]}, [7])
     (trial,) = [r for r in mlflow_client.search_runs([exp]) if r.data.params.get("seed") == "7"]
     mlflow_client.log_metric(trial.info.run_id, "val_accuracy", 0.88)  # a search trial's
-    comp = report.Comparison.of(report.experiment_runs(mlflow_client, exp)[0], "experiment known")
+    comp = report.Comparison.of(report.experiment_runs(mlflow_client, exp), "experiment known")
     assert comp.metric == "test_accuracy"
     s = comp.summary.set_index("configuration")
     assert s.loc["activation=tanh"].n == 4 and s.loc["activation=relu"].failed == 0
@@ -279,6 +284,6 @@ def test_debug_runs_are_marked_as_not_results(tmp_path):
     })  # fmt: skip
     mlflow_client.log_metric(debug.info.run_id, "test_accuracy", 0.5)
     mlflow_client.set_terminated(debug.info.run_id, "FINISHED")
-    table = report.markdown(report.Comparison.of(report.sweep_runs(mlflow_client, pid), "sweep-known"))
+    table = markdown(report.Comparison.of(report.sweep_runs(mlflow_client, pid), "sweep-known"))
     assert "**Debug runs, not results** (activation=elu): shrunk by +debug or train.limit_batches." in table
     assert "| activation=elu (debug) | 1 |" in table

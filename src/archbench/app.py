@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from archbench import splits
 from archbench.augment import augmentation
 from archbench.config import GROUPS, configuration, validate
-from archbench.debug import debug_tag, epoch_batches
+from archbench.debug import CannotOverfit, debug_tag, epoch_batches
 from archbench.stopping import EarlyStopping
 from archbench.summary import breakdown, model_summary, mult_adds, parameter_counts
 from archbench.tracking import records, runs, store
@@ -147,7 +147,11 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
             if cfg.train.checkpoint:
                 run.log_state({**trainer.checkpoint(epoch), "train_time_s": spent})
 
-        final = trainer.fit(data, cfg.train.epochs, start_epoch=start, on_epoch_end=on_epoch_end)
+        try:
+            final = trainer.fit(data, cfg.train.epochs, start_epoch=start, on_epoch_end=on_epoch_end)
+        except CannotOverfit as e:  # the failed check's figure goes on the record too
+            run.log_metrics({"overfit_accuracy": e.accuracy}, step=cfg.train.epochs)
+            raise
         last = int(final.get("stopped_epoch", cfg.train.epochs))  # the step MLflow links the model to
         if "best_epoch" in final:  # early stopping: the best epoch's figures are the run's final ones
             run.log_metrics(final, step=last)
@@ -156,6 +160,7 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
             "params_trainable": counts["trainable"],
             "mult_adds": mult_adds(trainer.module, cfg.model.input_shape, device),  # per sample
             "train_time_s": spent,
+            **{k: final[k] for k in ("overfit_accuracy",) if k in final},
         }
         run.log_metrics(totals, step=last)
         # the model (runs:/<id>/model), confusion matrix and accuracy per class

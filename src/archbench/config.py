@@ -17,7 +17,7 @@ GROUPS = ("model", "activation", "optimizer", "dataset", "loss", "scheduler")  #
 # Overrides that say how or where a job ran, not what was trained: left out of its configuration.
 # (train.threads changes the last bits, not what a comparison is about.)
 NOT_CONFIGURATION = ("seed", "seeds", "tracking", "data_dir", "train.progress", "train.checkpoint",
-                     "train.threads", "resume")  # fmt: skip
+                     "train.threads", "resume", "race", "compare")  # fmt: skip
 MODES = ("train", "inspect")
 HEADS = (None, "softmax", "log_softmax")
 INTERVALS = ("epoch", "batch")
@@ -193,8 +193,9 @@ def validate(cfg: DictConfig) -> torch.device:
     if cfg.mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
     _number(cfg, "seed", low=0, integer=True)
-    _number(cfg, "seeds", low=1, integer=True)
-    if cfg.seeds > 1 and _single_run():
+    if cfg.seeds != "auto":
+        _number(cfg, "seeds", low=1, integer=True)
+    if (cfg.seeds == "auto" or cfg.seeds > 1) and _single_run():
         raise ConfigError(
             f"seeds={cfg.seeds} repeats the configurations of a sweep: add -m "
             f"(python run.py -m seeds={cfg.seeds} ...), or set seed=N for one run"
@@ -234,3 +235,21 @@ def _records(cfg):
     flag = cfg.tracking.get("system_metrics", False)
     if not isinstance(flag, bool):
         raise ConfigError(f"tracking.system_metrics must be true or false, got {flag!r}")
+
+
+def validate_sweep(config: DictConfig, seed_swept: bool) -> None:
+    """What a sweep's comparison and race need, checked before the sweep's parent run exists."""
+    if config.seeds != "auto":
+        _number(config, "seeds", low=1, integer=True)
+    _number(config, "compare.margin", low=0, low_open=True, high=1)
+    if config.seeds != "auto":
+        return
+    if seed_swept:
+        raise ConfigError(
+            "seeds=auto picks the seeds itself (0, 1, 2, ... as the race needs them): leave out seed="
+        )
+    first = _number(config, "race.first_seeds", low=2, integer=True)
+    if _number(config, "race.max_seeds", low=2, integer=True) < first:
+        raise ConfigError(f"race.max_seeds must be >= race.first_seeds={first}, got {config.race.max_seeds}")
+    _number(config, "race.max_runs", low=1, integer=True, optional=True)
+    _number(config, "race.max_minutes", low=0, low_open=True, optional=True)

@@ -16,6 +16,10 @@ OVERFIT_TARGET = 0.99  # accuracy on the fixed batches that counts as learnt: ~1
 class CannotOverfit(CompactHydraException):
     """train.overfit_batches: the model did not learn the few batches it saw over and over."""
 
+    def __init__(self, message: str, accuracy: float):
+        super().__init__(message)
+        self.accuracy = accuracy  # logged as overfit_accuracy: the failed run's record shows it
+
 
 def epoch_batches(n: int, batch_size: int, limit: int | float | None, overfit: int | None) -> int:
     """Steps per epoch over `n` samples: all their batches, or overfit's; `limit` of them (a count, or
@@ -36,7 +40,8 @@ def check_overfit(accuracy: float, samples: int, overfit_batches: int, steps: in
             f"overfit check failed: {seen} after {steps} steps (needs {OVERFIT_TARGET}): a network "
             "that cannot memorise a few batches usually has a bug (a head that does not fit the loss, "
             "layers not connected to the output) or an optimizer.lr far too small or too large; slow "
-            "learners (deep sigmoid nets, loss=mse) may only need more steps: train.limit_batches=2000"
+            "learners (deep sigmoid nets, loss=mse) may only need more steps: train.limit_batches=2000",
+            accuracy,
         )
     log.info("overfit check passed: %s after %d steps", seen, steps)
 

@@ -201,6 +201,7 @@ class Trainer:
             check_overfit(
                 accuracy, n, self.overfit_batches, epochs * self.batches_per_epoch(len(data.x_train))
             )
+            final["overfit_accuracy"] = accuracy  # the check's own figure, not train_accuracy's mean
         if self.stopper is not None:
             return self.stopper.restore_best(self.module)
         return final or self.scores(data)  # resumed after the last epoch: nothing left to train

@@ -9,7 +9,14 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats
 
-COLORS = {"best": "#1f5fa8", "worse": "#b0413e", "open": "#d08a1e", "none": "#9a9a9a"}
+COLORS = {
+    "best": "#1f5fa8",
+    "worse": "#b0413e",
+    "equivalent": "#3f8f4f",
+    "open": "#d08a1e",
+    "none": "#9a9a9a",
+}
+NAMES = ["best", "worse", "equivalent to the best", "not resolved", "no finished run"]
 
 
 def _pyplot():
@@ -22,11 +29,10 @@ def _pyplot():
 
 
 def _kind(row) -> str:
-    if row.n == 0:
+    """The verdict's colour: best, worse, equivalent, open (not resolved) or none."""
+    if row.n == 0 or row.verdict in ("failed", "no finished run"):
         return "none"
-    if pd.isna(row["diff"]):
-        return "best"
-    return "worse" if row.diff_high < 0 else "open"
+    return next((k for k in ("best", "worse", "equivalent") if row.verdict.startswith(k)), "open")
 
 
 def comparison(comp, path: Path) -> Path:
@@ -64,9 +70,7 @@ def comparison(comp, path: Path) -> Path:
     right.margins(x=0.25)
     for ax in (left, right):
         ax.spines[["top", "right"]].set_visible(False)
-    handles = [plt.Line2D([], [], color=c, marker="o", ls="") for c in COLORS.values()]
-    names = ["best", "worse (interval excludes 0)", "not resolved", "no finished run"]
-    left.legend(handles, names, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=4, frameon=False, fontsize=8)
+    _legend(plt, left)
     fig.suptitle(comp.title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -102,3 +106,40 @@ def curves(comp, history: pd.DataFrame, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def pareto(comp, path: Path) -> Path:
+    """Mean accuracy with its 95% CI against training time (log scale), point size by parameters; the
+    front (no other configuration more accurate, faster and smaller at once) joined by a line."""
+    plt = _pyplot()
+    s = comp.summary[comp.summary.n > 0]
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    biggest = s.params_total.max()
+    for _, row in s.iterrows():
+        color = COLORS[_kind(row)]
+        err = [[row["mean"] - row.ci_low], [row.ci_high - row["mean"]]] if row.n >= 2 else None
+        ax.errorbar(row.train_time_s, row["mean"], yerr=err, fmt="none", ecolor=color, capsize=3, lw=1)
+        size = 40 + 400 * row.params_total / biggest
+        ax.scatter(row.train_time_s, row["mean"], s=size, color=color, alpha=0.6, edgecolor="black", lw=0.5)
+        label = f"{comp.labels[row.configuration]} ({int(row.params_total):,} params)"
+        where = (row.train_time_s, row["mean"])
+        ax.annotate(label, where, xytext=(8, 4), textcoords="offset points", fontsize=8)
+    front = s[s.front].sort_values("train_time_s")
+    ax.plot(front.train_time_s, front["mean"], color="black", lw=1, ls="--", label="front")
+    ax.set_xscale("log")
+    ax.set_xlabel("training time per run (s, log scale)")
+    ax.set_ylabel(f"{comp.metric_name}: mean with 95% CI")
+    ax.spines[["top", "right"]].set_visible(False)
+    _legend(plt, ax, extra=[(plt.Line2D([], [], color="black", ls="--"), "front")])
+    fig.suptitle(f"{comp.title}: accuracy, time and size (point area by parameters)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _legend(plt, ax, extra=()) -> None:
+    handles = [plt.Line2D([], [], color=c, marker="o", ls="") for c in COLORS.values()]
+    labels = [*NAMES, *(name for _, name in extra)]
+    handles += [h for h, _ in extra]
+    ax.legend(handles, labels, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=3, frameon=False, fontsize=8)

@@ -6,15 +6,17 @@ python -m archbench.compare.report --experiment NAME    # every job run of an ex
 """
 
 import argparse
+import json
 import os
-import re
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from archbench.compare import charts, stats
+from archbench.compare import charts, stats, table
+from archbench.compare.verdicts import MARGIN, Plan
 from archbench.config import configuration
 from archbench.tracking import store
 
@@ -83,15 +85,11 @@ def sweep_runs(mlflow_client, parent_id: str, failures: list[dict] = ()) -> pd.D
     return _frame(rows)
 
 
-def experiment_runs(mlflow_client, experiment_id: str) -> tuple[pd.DataFrame, int]:
-    """Every job run of an experiment; where a configuration ran a seed more than once (a sweep re-run),
-    only its latest finished run counts. Returns the rows and how many runs were set aside so."""
+def experiment_runs(mlflow_client, experiment_id: str) -> pd.DataFrame:
+    """Every job run of an experiment; a seed a configuration ran more than once (a sweep run again)
+    counts once, as the mean of its finished runs (stats.per_seed)."""
     runs = _search(mlflow_client, [experiment_id], "")
-    frame = _frame([_row(r) for r in runs if r.data.tags.get("archbench.sweep") != "parent"])
-    frame["finished"] = frame.status == "FINISHED"
-    frame = frame.sort_values(["finished", "start_time"], ascending=False, kind="stable")
-    kept = frame.drop_duplicates(["configuration", "seed"]).drop(columns="finished")
-    return kept, len(frame) - len(kept)
+    return _frame([_row(r) for r in runs if r.data.tags.get("archbench.sweep") != "parent"])
 
 
 @dataclass
@@ -101,14 +99,20 @@ class Comparison:
     summary: pd.DataFrame  # a row per configuration, best first (stats.summarize)
     labels: dict[str, str]  # configuration -> what sets it apart from the others
     title: str
+    plan: Plan  # the looks taken at the data and the error budget (one look, unless a race)
+    race: dict | None = None  # a race's record (compare.race.RECORD): its looks, rounds, why it stopped
     note: str = ""
 
     @classmethod
-    def of(cls, runs: pd.DataFrame, where: str, note: str = "") -> "Comparison":
+    def of(cls, runs: pd.DataFrame, where: str, note="", margin=MARGIN, race=None) -> "Comparison":
         done = runs[runs.status == "FINISHED"]
         # every finished run held out a validation split (a search): rank by it; a mix: the test set
         metric = "val_accuracy" if len(done) and done.val_accuracy.notna().all() else "test_accuracy"
-        summary = stats.summarize(runs, metric)
+        if race:
+            plan = Plan(tuple(race["looks"]), race["alpha"], race["margin"])
+            summary = stats.summarize(runs, metric, plan, looks=len(race["rounds"]))
+        else:
+            summary = stats.summarize(runs, metric, margin=margin)
         configs = list(summary.configuration)
         shared = set.intersection(*(set(c.split()) for c in configs)) if len(configs) > 1 else set()
         labels = {c: " ".join(o for o in c.split() if o not in shared) or c for c in configs}
@@ -116,92 +120,15 @@ class Comparison:
         seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}" if n else "0"
         what = [
             "/".join(sorted(set(done.dataset.dropna()) - {""})) or "?",
-            f"{'/'.join(sorted(set(done.epochs.dropna()) - {''}, key=str)) or '?'} epochs",
+            f"{'/'.join(sorted(set(done.epochs.dropna()) - {''}, key=str)) or '?'} epoch(s)",
             f"{seeds} seed{'s' if seeds != '1' else ''} per configuration",
         ]
-        return cls(runs, metric, summary, labels, f"{where}: {', '.join(what)}", note)
+        plan = summary.attrs["plan"]
+        return cls(runs, metric, summary, labels, f"{where}: {', '.join(what)}", plan, race, note)
 
     @property
     def metric_name(self) -> str:
         return self.metric.replace("_", " ")
-
-
-def _fmt(value, digits=4, signed=False) -> str:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return "-"
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
-def markdown(comp: Comparison) -> str:
-    """The table with verdicts, then the runs left out of it."""
-    s = comp.summary
-    lines = [
-        f"**{comp.title}**",
-        "",
-        f"{comp.metric_name.capitalize()} per configuration: mean over seeds with its 95% t-interval, ranked "
-        "by mean. Each configuration against the best: the difference with its 95% interval, paired by "
-        "seed where both ran the same seeds, else Welch's; called worse only where the interval excludes "
-        "0 (each interval on its own, not corrected for the number of comparisons).",
-        "",
-        "| # | configuration | n | mean | sd | 95% CI | vs best [95% CI] | verdict | train time (s) "
-        "| params |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    debug = comp.runs[comp.runs.debug.fillna("") != ""]
-    shrunk = set(debug.configuration)
-    for i, r in s.iterrows():
-        n = f"{r.n}" + (f" (+{r.failed} failed)" if r.failed else "")
-        ci = f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]" if r.n >= 2 else "-"
-        diff = "" if pd.isna(r["diff"]) else f"{_fmt(r['diff'], signed=True)} "
-        vs = f"{diff}[{_fmt(r.diff_low, signed=True)}, {_fmt(r.diff_high, signed=True)}]" if diff else "-"
-        params = "-" if pd.isna(r.params_total) else f"{int(r.params_total):,}"
-        cells = [
-            str(i + 1),
-            comp.labels[r.configuration] + (" (debug)" if r.configuration in shrunk else ""),
-            n,
-            _fmt(r["mean"]),
-            _fmt(r.sd),
-            ci,
-            vs,
-            r.verdict,
-            _fmt(r.train_time_s, 2),
-            params,
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    if shrunk:
-        names = sorted(comp.labels.get(c, c) for c in shrunk)
-        why = "shrunk by +debug or train.limit_batches"
-        lines += ["", f"**Debug runs, not results** ({', '.join(names)}): {why}."]
-    failed = comp.runs[comp.runs.status != "FINISHED"]
-    if len(failed):
-        lines += ["", "Not in the statistics (did not finish):"]
-        for _, r in failed.iterrows():
-            lines.append(
-                f"- {comp.labels.get(r.configuration, r.configuration)} seed={r.seed}: {r.status}"
-                + (f": {r.error}" if r.error else "")
-            )
-    if comp.note:
-        lines += ["", comp.note]
-    return "\n".join(lines) + "\n"
-
-
-def csv_text(comp: Comparison) -> str:
-    table = comp.summary.assign(label=comp.summary.configuration.map(comp.labels), metric=comp.metric)
-    table.insert(0, "rank", range(1, len(table) + 1))
-    return table.assign(seeds=table.seeds.map(lambda s: " ".join(map(str, s)))).to_csv(index=False)
-
-
-def headline(comp: Comparison) -> dict[str, float]:
-    """The figures a parent run carries as metrics: the best, and each configuration's mean."""
-    s = comp.summary
-    best = s.iloc[0]
-    figures = {"configurations": len(s), "seeds": int(s.n.max())}
-    figures["resolved_worse"] = int((s.diff_high < 0).sum())
-    figures |= {"best_mean": best["mean"], "best_ci_low": best.ci_low, "best_ci_high": best.ci_high}
-    for _, r in s.iterrows():
-        name = re.sub(r"[^/\w.\- :]", "_", comp.labels[r.configuration])  # what MLflow allows in a name
-        figures[f"mean/{name}"] = r["mean"]
-    return {k: float(v) for k, v in figures.items() if not pd.isna(v)}
 
 
 def histories(mlflow_client, comp: Comparison) -> pd.DataFrame:
@@ -217,10 +144,11 @@ def histories(mlflow_client, comp: Comparison) -> pd.DataFrame:
 def write_all(comp: Comparison, folder: Path, mlflow_client) -> list[Path]:
     """comparison.md, comparison.csv, comparison.png and curves.png in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "comparison.md").write_text(markdown(comp))
-    (folder / "comparison.csv").write_text(csv_text(comp))
+    (folder / "comparison.md").write_text(table.markdown(comp))
+    (folder / "comparison.csv").write_text(table.csv_text(comp))
     paths = [folder / "comparison.md", folder / "comparison.csv"]
     paths.append(charts.comparison(comp, folder / "comparison.png"))
+    paths.append(charts.pareto(comp, folder / "pareto.png"))
     curves = histories(mlflow_client, comp)
     if len(curves):
         paths.append(charts.curves(comp, curves, folder / "curves.png"))
@@ -231,17 +159,22 @@ class NothingToCompare(Exception):
     """No runs where the user pointed; the message says why."""
 
 
-def find(mlflow_client, parent: str | None, experiment: str | None) -> tuple[Comparison, str, str]:
+def find(
+    mlflow_client, parent: str | None, experiment: str | None, margin: float | None = None
+) -> tuple[Comparison, str, str]:
     """The comparison to show, a folder name for it, and its experiment's id."""
     if experiment:
         found = mlflow_client.get_experiment_by_name(experiment)
         if found is None:
             raise NothingToCompare(f"no experiment named {experiment!r}")
-        runs, superseded = experiment_runs(mlflow_client, found.experiment_id)
+        runs = experiment_runs(mlflow_client, found.experiment_id)
         if runs.empty:
             raise NothingToCompare(f"experiment {experiment!r} has no job runs")
-        note = f"{superseded} earlier run(s) of a configuration and seed that ran again are left out."
-        comp = Comparison.of(runs, f"experiment {experiment}", note if superseded else "")
+        note = (
+            "Pooled across sweeps: each pooled look at the same seeds spends the error budget again, "
+            "which no interval here accounts for; `seeds=auto` plans its looks."
+        )
+        comp = Comparison.of(runs, f"experiment {experiment}", note, margin=margin or MARGIN)
         return comp, f"experiment-{found.experiment_id}", found.experiment_id
     if parent is None:
         ids = [e.experiment_id for e in mlflow_client.search_experiments()]
@@ -250,11 +183,25 @@ def find(mlflow_client, parent: str | None, experiment: str | None) -> tuple[Com
         if not latest:
             raise NothingToCompare("no sweep recorded yet")
         parent = latest[0].info.run_id
-    info = mlflow_client.get_run(parent).info
+    run = mlflow_client.get_run(parent)
+    info = run.info
     runs = sweep_runs(mlflow_client, parent)
     if runs.empty:
         raise NothingToCompare(f"sweep {info.run_name} ({parent}) has no job runs")
-    return Comparison.of(runs, info.run_name), parent, info.experiment_id
+    logged = float(run.data.params.get("compare.margin", MARGIN))
+    raced = race_record(mlflow_client, parent)
+    comp = Comparison.of(runs, info.run_name, margin=margin or logged, race=raced)
+    return comp, parent, info.experiment_id
+
+
+def race_record(mlflow_client, parent_id: str) -> dict | None:
+    """The race's record on its parent run (race.json), or None for a sweep that did not race."""
+    from archbench.compare.race import RECORD
+
+    if RECORD not in {a.path for a in mlflow_client.list_artifacts(parent_id)}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(mlflow_client.download_artifacts(parent_id, RECORD, tmp)).read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     pick.add_argument("--experiment", help="every job run of this experiment, grouped by configuration")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
     parser.add_argument("--out", type=Path, default=Path("outputs/comparison"), help="folder for the files")
+    parser.add_argument(
+        "--margin", type=float, help=f"equivalence margin (default: the sweep's compare.margin or {MARGIN})"
+    )
     args = parser.parse_args(argv)
     if args.tracking_uri.startswith("sqlite:///") and not Path(args.tracking_uri[10:]).exists():
         print(
@@ -276,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         mlflow_client = store.client(args.tracking_uri)
-        comp, name, experiment_id = find(mlflow_client, args.parent, args.experiment)
+        comp, name, experiment_id = find(mlflow_client, args.parent, args.experiment, args.margin)
     except NothingToCompare as e:
         print(f"nothing to compare in {store.redact(args.tracking_uri)}: {e}", file=sys.stderr)
         return 1
@@ -286,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {line}", file=sys.stderr)
         return 1
-    print(markdown(comp))
+    print(table.markdown(comp))
     paths = write_all(comp, args.out / name, mlflow_client)
     print(f"written to {args.out / name}: {', '.join(p.name for p in paths)}")
     print(

@@ -1,57 +1,75 @@
-"""Per-configuration statistics over seeds, and each configuration against the best one.
+"""Per-configuration statistics over seeds, and each configuration's verdict against the best.
 
-A difference is called only where its 95% interval excludes 0. Where it does not, we say so and
-estimate how many seeds would resolve a difference of the size seen. Every statistic comes from
-scipy.stats or statsmodels; pandas does the grouping.
+n counts distinct seeds: where a seed ran more than once (a sweep over train.threads, a sweep run
+again into the same experiment), its finished runs are averaged into one value first, since two
+runs of one seed differ only in float rounding and are not independent evidence. The verdicts are
+verdicts.py's: simultaneous over the whole table, and over every look of a race. Every statistic
+comes from scipy.stats or statsmodels; pandas does the grouping.
 """
 
 import bisect
 import math
 
+import numpy as np
 import pandas as pd
 from scipy import stats
 from statsmodels.stats.power import TTestIndPower, TTestPower
 
-CONFIDENCE = 0.95
-POWER = 0.8  # "seeds needed": an 80% chance that the interval excludes 0, the usual planning figure
+from archbench.compare.verdicts import EQUIVALENT, FAILED, MARGIN, WORSE, Plan, compare
+
+CONFIDENCE = 0.95  # each configuration's own interval of its mean
+POWER = 0.8  # "seeds that would likely settle it": an 80% chance, the usual planning figure
 MAX_SEEDS = 10_000  # beyond this, "seeds needed" is reported as more than this
 MIN_SEEDS = 2  # a t-test needs two values per arm
 
 
-def summarize(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per configuration, best mean first; runs that did not finish count as failed only.
+def per_seed(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One value per configuration and seed: the mean of its finished runs, and how many there were."""
+    done = runs[(runs.status == "FINISHED") & runs[metric].notna()]
+    return done.groupby(["configuration", "seed"], sort=False)[metric].agg(value="mean", runs="count")
+
+
+def summarize(
+    runs: pd.DataFrame, metric: str, plan: Plan | None = None, looks: int | None = None, margin=MARGIN
+) -> pd.DataFrame:
+    """One row per configuration, the best first, with its verdict; the plan used in `.attrs["plan"]`.
 
     `runs` has a row per run: configuration, seed, status, `metric`, train_time_s, params_total.
+    `plan` is the race's (its first `looks` looks were taken); None: one look at every finished seed.
     """
+    values = per_seed(runs, metric)
+    configs = list(dict.fromkeys(runs.configuration))
+    table = values.value.unstack("seed").reindex(configs)  # configuration x seed, NaN where none finished
+    table = table.reindex(columns=sorted(table.columns))
     rows = []
     for config, group in runs.groupby("configuration", sort=False):
         done = group[(group.status == "FINISHED") & group[metric].notna()]
-        values = done[metric]
-        low, high = _interval(values)
+        seeds = table.loc[config].dropna()
+        low, high = _interval(seeds)
         rows.append(
             {
                 "configuration": config,
-                "n": len(values),
-                "failed": len(group) - len(values),
-                "mean": values.mean(),
-                "sd": values.std(),  # ddof=1; NaN for one run
+                "n": len(seeds),
+                "runs": len(done),
+                "failed": len(group) - len(done),
+                "mean": seeds.mean(),
+                "sd": seeds.std(),  # ddof=1; NaN for one seed
                 "ci_low": low,
                 "ci_high": high,
                 "train_time_s": done.train_time_s.mean(),
                 "params_total": done.params_total.max(),
-                "seeds": sorted(int(s) for s in done.seed),
+                "seeds": [int(s) for s in seeds.index],
             }
         )
-    summary = pd.DataFrame(rows).sort_values("mean", ascending=False, na_position="last", kind="stable")
-    summary = summary.reset_index(drop=True)
-    finished = runs[(runs.status == "FINISHED") & runs[metric].notna()]
-    by_seed = {c: g.set_index("seed")[metric] for c, g in finished.groupby("configuration", sort=False)}
-    best = summary.configuration.iloc[0]
-    verdicts = [
-        versus(by_seed.get(best), by_seed.get(c)) if i else _best(summary.n.iloc[0])
-        for i, c in enumerate(summary.configuration)
-    ]
-    return pd.concat([summary, pd.DataFrame(verdicts)], axis=1)
+    summary = pd.DataFrame(rows).set_index("configuration").loc[configs].reset_index()
+    plan = plan or Plan((max(1, table.shape[1]),), margin=margin)
+    outcome = compare(table.to_numpy()[None], plan, **({"looks": looks} if looks else {}))
+    summary = pd.concat([summary, _verdicts(summary, table, outcome, plan)], axis=1)
+    order = [int(outcome.best[0])] + [i for i in summary["mean"].sort_values(ascending=False).index]
+    summary = summary.loc[list(dict.fromkeys(order))].reset_index(drop=True)
+    summary["front"] = pareto(summary)
+    summary.attrs["plan"] = plan
+    return summary
 
 
 def _interval(values: pd.Series) -> tuple[float, float]:
@@ -64,57 +82,77 @@ def _interval(values: pd.Series) -> tuple[float, float]:
     return float(ci.low), float(ci.high)
 
 
-def _best(n: int) -> dict:
-    note = "best" if n >= 2 else "best mean; n = 1: no spread can be estimated" if n else "no finished run"
-    return {
-        "diff": math.nan,
-        "diff_low": math.nan,
-        "diff_high": math.nan,
-        "test": "",
-        "verdict": note,
-        "seeds_needed": None,
-    }
+def _verdicts(summary: pd.DataFrame, table: pd.DataFrame, outcome, plan: Plan) -> pd.DataFrame:
+    """Each configuration's verdict, the bounds of its mean minus the best other one, and for the
+    unsettled, the seeds that would likely settle it."""
+    best = int(outcome.best[0])
+    alpha = 1 - plan.confidence(len(plan.looks) - 1, len(summary))  # each pair's, at the last look
+    rows = []
+    for i, r in summary.iterrows():
+        state, n = int(outcome.state[0, i]), int(outcome.seeds[0, i])
+        row = {
+            "diff": outcome.diff[0, i],
+            "diff_low": outcome.low[0, i],
+            "diff_high": outcome.high[0, i],
+            "test": "paired" if outcome.paired[0, i] else "Welch",
+            "decided_at": n,
+            "seeds_needed": None,
+        }
+        if r.n == 0:
+            row["verdict"] = "no finished run"
+        elif state == FAILED:
+            row["verdict"] = "failed"
+        elif r.n == 1:
+            row["verdict"] = "best mean; n = 1: no spread" if i == best else "n = 1: no spread"
+        elif i == best:
+            row["verdict"] = "best"
+        elif state == WORSE:  # resolved; and perhaps also too small a gap to matter
+            small = row["diff_low"] > -plan.margin
+            row["verdict"] = f"worse, within ±{plan.margin:g}" if small else "worse"
+        elif state == EQUIVALENT:
+            row["verdict"] = f"equivalent within ±{plan.margin:g}"
+        else:
+            gaps = (table.iloc[i] - table.iloc[best]).dropna()
+            paired = row["test"] == "paired"
+            # the paired differences' sd, or Cohen's d's pooled sd where the seed sets differ
+            spread = gaps.std() if paired else math.sqrt((r.sd**2 + summary.sd[best] ** 2) / 2)
+            needed = settle(row["diff"], spread, plan.margin, alpha, paired=paired)
+            row |= {"verdict": "not resolved", "seeds_needed": needed}
+        rows.append(row)
+    return pd.DataFrame(rows, index=summary.index)
 
 
-def versus(best: pd.Series | None, other: pd.Series | None) -> dict:
-    """`other - best` (values indexed by seed): paired by seed when both ran the same seeds, else Welch."""
-    out = {"diff": math.nan, "diff_low": math.nan, "diff_high": math.nan, "test": "", "seeds_needed": None}
-    if other is None or len(other) == 0:
-        return out | {"verdict": "no finished run"}
-    if best is None or len(best) < 2 or len(other) < 2:
-        return out | {"verdict": "n = 1: no spread can be estimated; run more seeds (-m ... seeds=5)"}
-    paired = set(best.index) == set(other.index) and best.index.is_unique and other.index.is_unique
-    if paired:
-        other = other.loc[best.index]
-        spread, n = (other.to_numpy() - best.to_numpy()).std(ddof=1), f"{len(other)} seeds"
-    else:
-        spread = math.sqrt((other.var() + best.var()) / 2)  # Cohen's d's pooled sd, for the power estimate
-        n = f"{len(other)} vs {len(best)} seeds"
-    diff = other.mean() - best.mean()
-    if spread < 1e-12:  # the same gap on every seed (to rounding): the interval is the gap itself
-        spread, low, high = 0.0, diff, diff
-    else:
-        result = stats.ttest_rel(other, best) if paired else stats.ttest_ind(other, best, equal_var=False)
-        low, high = result.confidence_interval(CONFIDENCE)
-    out |= {"diff": diff, "diff_low": float(low), "diff_high": float(high)}
-    out["test"] = "paired" if paired else "Welch"
-    if spread == 0 and abs(diff) < 1e-12:
-        return out | {"verdict": f"no difference: identical on all {n}"}
-    if high < 0:
-        return out | {"verdict": f"worse ({n}, {out['test']})"}
-    if low > 0:  # only where `best` is not the highest mean, i.e. outside the report's use
-        return out | {"verdict": f"better ({n}, {out['test']})"}
-    out["seeds_needed"] = seeds_needed(abs(diff) / spread, paired) if spread else None
-    needed = (
-        "the means are equal: no difference to resolve"
-        if out["seeds_needed"] is None
-        else f"~{out['seeds_needed']} seeds would resolve a difference of this size"
+def pareto(summary: pd.DataFrame) -> pd.Series:
+    """On the accuracy / training time / size front: no other configuration has a higher mean, a lower
+    mean training time and fewer parameters, all three."""
+    s = summary[["mean", "train_time_s", "params_total"]].to_numpy(float)
+    known = ~np.isnan(s).any(axis=1)
+    higher, faster, smaller = (
+        (s[None, :, 0] > s[:, None, 0]),
+        (s[None, :, 1] < s[:, None, 1]),
+        (s[None, :, 2] < s[:, None, 2]),
     )
-    return out | {"verdict": f"not resolved with {n}; {needed}"}
+    beaten = higher & faster & smaller  # [i, j]: j beats i on all three
+    return pd.Series(known & ~(beaten & known[None, :]).any(axis=1), index=summary.index)
 
 
-def seeds_needed(effect: float, paired: bool) -> int | None:
-    """Seeds per configuration for an 80%-power two-sided t-test at 5% to resolve `effect` (Cohen's d):
+def settle(diff: float, sd: float, margin: float, alpha: float, paired: bool = True) -> int | None:
+    """Seeds per configuration that would likely (80%) settle a gap `diff` of spread `sd` with
+    intervals at confidence 1 - alpha: one that excludes 0 (worse), or one inside +-margin
+    (equivalent; the power of the one-sided test against the nearer margin)."""
+    if not (math.isfinite(diff) and math.isfinite(sd)) or sd <= 0:
+        return None
+    options = [seeds_needed(abs(diff) / sd, paired, alpha)]
+    if abs(diff) < margin:
+        options.append(seeds_needed((margin - abs(diff)) / sd, paired, alpha / 2, "larger"))
+    found = [n for n in options if n is not None]
+    return min(found) if found else None
+
+
+def seeds_needed(
+    effect: float, paired: bool, alpha: float = 1 - CONFIDENCE, alternative: str = "two-sided"
+) -> int | None:
+    """Seeds per configuration for an 80%-power t-test at `alpha` to resolve `effect` (Cohen's d):
     the fewest with statsmodels' power >= 80% (power grows with n, so a bisection finds it).
 
     Not statsmodels' solve_power: it fails (a warning and NaN) when the answer is 2 or 3 seeds.
@@ -122,14 +160,13 @@ def seeds_needed(effect: float, paired: bool) -> int | None:
     if effect == 0 or not math.isfinite(effect):
         return None
     calc = TTestPower() if paired else TTestIndPower()
-    alpha = 1 - CONFIDENCE
 
     def power(n: int) -> float:
         # Large effects make statsmodels' noncentral t NaN: first the far tail's (~0 then), so the
         # near tail alone is the power; that too only at noncentrality >= 36 (found on a grid of
         # d up to 30, n up to 10,000), far past any critical t (<= 12.7), where the power is 1.
-        p = calc.power(abs(effect), n, alpha, alternative="two-sided")
-        if not math.isfinite(p):
+        p = calc.power(abs(effect), n, alpha, alternative=alternative)
+        if not math.isfinite(p) and alternative == "two-sided":
             p = calc.power(abs(effect), n, alpha / 2, alternative="larger")
         return float(p) if math.isfinite(p) else 1.0
 

@@ -19,8 +19,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from archbench.compare import report
-from archbench.config import GROUPS
+from archbench.compare import race, report, table
+from archbench.config import GROUPS, ConfigError, validate_sweep
 from archbench.tracking import store
 from archbench.tracking.runs import PARENT_FILE, Terminated, client, experiment_id, redact_overrides
 
@@ -38,6 +38,13 @@ class MlflowSweep(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        task = OmegaConf.to_container(config.hydra.overrides.task)
+        try:  # before the parent run exists: a bad setting leaves nothing behind
+            validate_sweep(config, seed_swept=any(o.split("=", 1)[0].lstrip("+~") == "seed" for o in task))
+            if config.seeds == "auto" and not config.hydra.sweeper._target_.endswith(".RaceSweeper"):
+                raise ConfigError("seeds=auto races with archbench's own sweeper; this preset picks another")
+        except ConfigError as e:
+            raise SystemExit(f"error: {e}") from None
         try:
             mlflow_client = client(config.tracking.uri)
             experiment = experiment_id(mlflow_client, config.tracking.experiment)
@@ -48,7 +55,7 @@ class MlflowSweep(Callback):
             raise SystemExit(f"error: {line}") from None
         picked = config.hydra.runtime.choices
         preset = next((picked[g] for g in PRESET_GROUPS if picked.get(g)), None)
-        overrides = " ".join(redact_overrides(OmegaConf.to_container(config.hydra.overrides.task)))
+        overrides = " ".join(redact_overrides(task))
         run = mlflow_client.create_run(
             experiment,
             run_name=f"sweep-{preset or sweep_dir.parent.name + '-' + sweep_dir.name}",
@@ -60,6 +67,12 @@ class MlflowSweep(Callback):
         )
         self.parent_id, self.parent_name = run.info.run_id, run.info.run_name
         mlflow_client.log_param(self.parent_id, "sweep.overrides", overrides or "(none)")
+        mlflow_client.log_param(self.parent_id, "compare.margin", config.compare.margin)
+        if config.seeds == "auto":
+            plan = race.plan_of(config)
+            mlflow_client.log_param(self.parent_id, "race.looks", " ".join(map(str, plan.looks)))
+            for key in ("max_runs", "max_minutes"):
+                mlflow_client.log_param(self.parent_id, f"race.{key}", config.race[key])
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_FILE).write_text(self.parent_id)
         # Hydra skips on_multirun_end when a job raised or a signal came; the parent must still
@@ -88,13 +101,15 @@ class MlflowSweep(Callback):
         self._finish(config, interrupted=False)
 
     def _finish(self, config: DictConfig, interrupted: bool) -> None:
-        """Attach the comparison to the parent run and close it; runs once."""
+        """Attach the comparison (and a race's record) to the parent run and close it; runs once."""
         if self.parent_id is None:
             return
         parent_id, self.parent_id = self.parent_id, None
         sweep_dir = Path(config.hydra.sweep.dir)
         mlflow_client = client(config.tracking.uri)
         failures = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{FAILED_FILE}"))]
+        record = sweep_dir / race.RECORD
+        raced = json.loads(record.read_text()) if record.is_file() else None
         statuses: set[str] = set()
         try:
             runs = report.sweep_runs(mlflow_client, parent_id, failures)
@@ -105,8 +120,11 @@ class MlflowSweep(Callback):
             statuses = set(runs.status)
             if failures:
                 mlflow_client.log_text(parent_id, json.dumps(failures, indent=1), "failed_jobs.json")
+            if raced:
+                _log_race(mlflow_client, parent_id, raced)
             if not runs.empty:
-                self._attach(mlflow_client, parent_id, report.Comparison.of(runs, self.parent_name))
+                comp = report.Comparison.of(runs, self.parent_name, margin=config.compare.margin, race=raced)
+                self._attach(mlflow_client, parent_id, comp)
             _log_best(mlflow_client, parent_id, sweep_dir)
         finally:
             mlflow_client.set_terminated(parent_id, self._status(statuses, failures, interrupted))
@@ -124,13 +142,13 @@ class MlflowSweep(Callback):
         metrics, and the table, CSV and charts as artifacts."""
         from mlflow.entities import Metric
 
-        text = report.markdown(comp)
+        text = table.markdown(comp)
         with tempfile.TemporaryDirectory() as tmp:
             for path in report.write_all(comp, Path(tmp), mlflow_client):
                 mlflow_client.log_artifact(parent_id, str(path))
         mlflow_client.set_tag(parent_id, "mlflow.note.content", text)  # the Overview's description
         now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, 0) for k, v in report.headline(comp).items()]
+        metrics = [Metric(k, v, now, 0) for k, v in table.headline(comp).items()]
         mlflow_client.log_batch(parent_id, metrics=metrics)
         print(text)
 
@@ -153,3 +171,21 @@ def _log_best(mlflow_client, parent_id: str, sweep_dir: Path) -> None:
         mlflow_client.log_param(parent_id, f"best.{key}", value)
     if "best_value" in best:
         mlflow_client.log_metric(parent_id, "best_value", float(best.best_value))
+
+
+def _log_race(mlflow_client, parent_id: str, record: dict) -> None:
+    """A race on its parent run: a step per round (configurations still in it, seeds so far, runs),
+    why it stopped, and the record itself (race.json, which `make compare` reads back)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"race/{key}", float(r[key]), now, r["round"])
+        for r in record["rounds"]
+        for key in ("configurations", "seeds", "runs")
+    ]
+    if metrics:
+        mlflow_client.log_batch(parent_id, metrics=metrics)
+    mlflow_client.log_param(parent_id, "race.rounds", len(record["rounds"]))
+    mlflow_client.set_tag(parent_id, "race.stopped", record["stopped"] or "running")
+    mlflow_client.log_text(parent_id, json.dumps(record, indent=1), race.RECORD)

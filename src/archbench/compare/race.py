@@ -1,0 +1,134 @@
+"""`seeds=auto`: a race that adds seeds until the comparison is answered (the sweeper's work).
+
+Each round gives every configuration still in the race the seeds up to the plan's next look
+(3, 5, 8, 13, 20 by default), launched as one batch through whatever launcher is configured, and
+reads each job's returned score. After each round, verdicts.compare() judges the race so far;
+configurations settled (worse, or equivalent to the best within compare.margin) get no more seeds,
+the best always stays in, and a configuration whose job failed leaves the race. This is F-Race's
+and successive halving's idea (spend the budget on contenders), with the looks planned before the
+first round so that their error budget is fixed (verdicts.Plan).
+
+The race ends when every configuration is settled, or at a budget: race.max_seeds (the last look),
+race.max_runs, race.max_minutes (checked between rounds). Its record, race.json in the sweep
+folder, is rewritten after every round; the sweep callback puts it on the parent run.
+"""
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import DictConfig
+
+from archbench.compare.verdicts import FAILED, OPEN, Plan, compare
+
+log = logging.getLogger(__name__)
+
+RECORD = "race.json"  # in the sweep folder
+
+
+def plan_of(config: DictConfig) -> Plan:
+    """The race's plan from the config: race.first_seeds growing to race.max_seeds, compare.margin."""
+    return Plan.race(config.race.first_seeds, config.race.max_seeds, margin=config.compare.margin)
+
+
+class Race:
+    """Runs the rounds; `configurations` are the sweep's override lists, without the seed."""
+
+    def __init__(self, config: DictConfig, launcher, configurations: list[list[str]]):
+        self.config, self.launcher, self.configurations = config, launcher, configurations
+        self.plan = plan_of(config)
+        self.folder = Path(config.hydra.sweep.dir)
+        self.values = np.full((1, len(configurations), self.plan.looks[-1]), np.nan)  # score per seed
+        self.ran = np.zeros(self.values.shape[1:], bool)  # configuration x seed: launched, finished or not
+        self.returns: list[JobReturn] = []
+        self.rounds: list[dict] = []
+        self.stopped = ""
+
+    def run(self) -> list[JobReturn]:
+        started = time.monotonic()
+        budget = self.config.race
+        try:
+            outcome = None
+            for look, seeds in enumerate(self.plan.looks):
+                playing = self._playing(outcome)
+                batch = [(c, s) for c in playing for s in range(int(self.ran[c].sum()), seeds)]
+                if budget.max_runs is not None and len(self.returns) + len(batch) > budget.max_runs:
+                    self.stopped = f"race.max_runs={budget.max_runs} reached after {len(self.returns)} runs"
+                    break
+                minutes = (time.monotonic() - started) / 60
+                if budget.max_minutes is not None and minutes >= budget.max_minutes:
+                    self.stopped = f"race.max_minutes={budget.max_minutes} reached after {minutes:.1f} min"
+                    break
+                log.info("race round %d: %d configurations to %d seeds", look + 1, len(playing), seeds)
+                self._launch(batch)
+                outcome = compare(self.values[:, :, :seeds], self.plan, looks=look + 1)
+                self.rounds.append(  # configurations: those still in the race, which this round ran
+                    {
+                        "round": look + 1,
+                        "seeds": seeds,
+                        "configurations": len(playing),
+                        "runs": len(self.returns),
+                    }
+                )
+                self._save()
+                if outcome.done[0] or not (outcome.state[0] != FAILED).any():
+                    self.stopped = "all resolved"
+                    break
+            else:
+                self.stopped = f"race.max_seeds={self.plan.looks[-1]} reached"
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the record says so, the callback does the rest
+            self.stopped = f"interrupted ({e or 'Ctrl-C'})"
+            raise
+        finally:
+            self._save()
+        log.info("race stopped: %s", self.stopped)
+        return self.returns
+
+    def _playing(self, outcome) -> list[int]:
+        if outcome is None:
+            return list(range(len(self.configurations)))
+        return [c for c in range(len(self.configurations)) if outcome.state[0, c] == OPEN]
+
+    def _launch(self, batch: list[tuple[int, int]]) -> None:
+        overrides = [[*self.configurations[c], f"seed={s}"] for c, s in batch]
+        results = self.launcher.launch(overrides, initial_job_idx=len(self.returns))
+        for (c, s), result in zip(batch, results, strict=True):
+            self.ran[c, s] = True
+            if result.status == JobStatus.COMPLETED and _score(result) is not None:
+                self.values[0, c, s] = _score(result)
+        self.returns += results
+
+    def _save(self) -> None:
+        """race.json, replaced atomically: what the callback logs, even after a kill."""
+        record = {
+            "looks": list(self.plan.looks),
+            "margin": self.plan.margin,
+            "alpha": self.plan.alpha,
+            "rounds": self.rounds,
+            "stopped": self.stopped,
+        }
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f"{RECORD}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, self.folder / RECORD)
+
+
+def _score(result: JobReturn) -> float | None:
+    value = result.return_value
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def configurations(params: list[str], arguments: list[str], parser: OverridesParser) -> list[list[str]]:
+    """The cartesian product of the sweep's overrides, as Hydra's basic sweeper makes it, without the
+    seed (the race picks the seeds)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    keep = [o for o in [*params, *arguments] if o.split("=", 1)[0].lstrip("+~") != "seed"]
+    (batch,) = BasicSweeper.split_arguments(parser.parse_overrides(keep), None)
+    return batch

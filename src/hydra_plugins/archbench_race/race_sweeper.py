@@ -1,0 +1,29 @@
+"""Hydra's basic sweeper, plus `seeds=auto`: a race that adds seeds until the comparison is answered.
+
+Hydra instantiates sweepers only from the `hydra_plugins` package, so the plugin lives here and
+the race itself in archbench.compare.race, imported when a race starts (Hydra imports every
+plugin module at start-up).
+"""
+
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+
+class RaceSweeper(BasicSweeper):
+    """The cartesian product of the sweep's overrides, as the basic sweeper runs it, over
+    `seeds` seeds; with seeds=auto, over as many seeds as the race needs."""
+
+    def sweep(self, arguments: list[str]) -> Any:
+        if self.config.get("seeds") != "auto":
+            return super().sweep(arguments)
+        from archbench.compare.race import Race, configurations
+
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        found = configurations(self._parse_config(), arguments, parser)
+        race = Race(self.config, self.launcher, found)
+        returns = race.run()
+        for result in returns:  # as the basic sweeper does: a failed job's error ends the sweep
+            _ = result.return_value
+        return [returns]
