@@ -38,6 +38,7 @@ class Promise:
     metrics: frozenset[str] = frozenset()  # metrics every added job logged
     parent_files: tuple[str, ...] = ()  # artifacts on the sweep's parent run
     sweep_dir: tuple[str, ...] = ()  # what the sweep's folder holds (a launcher's own records)
+    raced: bool = False  # seeds=auto: as many jobs as the race's record says, names among `names`
 
 
 ACTIVATIONS = tuple(f"mlp-{a}-sgd" for a in ("relu", "sigmoid", "tanh"))
@@ -66,6 +67,12 @@ PROMISES = {
     ),
     # the presets repeat every configuration over seeds: 5 for activations, 3 for architectures
     "python run.py +experiment=activations": Promise(jobs=15, sweeps=1, names=ACTIVATIONS * 5),
+    "python run.py +experiment=activations seeds=auto": Promise(
+        sweeps=1, names=ACTIVATIONS, raced=True, parent_files=("pareto.png", "race.json")
+    ),
+    "python run.py model=cnn2,cnn3 -m seeds=auto race.max_minutes=30": Promise(
+        sweeps=1, names=("cnn2-relu-sgd", "cnn3-relu-sgd"), raced=True
+    ),
     "python run.py +experiment=architectures": Promise(jobs=15, sweeps=1, names=ARCHITECTURES * 3),
     "python run.py +experiment=activations optimizer=adam train.epochs=1": Promise(
         jobs=15, sweeps=1, names=tuple(n.replace("sgd", "adam") for n in ACTIVATIONS) * 5
@@ -170,6 +177,8 @@ def shrunk(words: list[str], tmp: Path, n: int) -> list[str]:
     ]
     if any(w.startswith("+search=") for w in words):
         shrink.append("hydra.sweeper.n_trials=3")
+    if "seeds=auto" in words:
+        shrink.append("race.max_seeds=5")  # two rounds at most: 3 and 5 seeds
     if words[0] == "python":
         return [*words, *shrink]
     target, assigned = words[1], dict(w.split("=", 1) for w in words[2:] if "=" in w)
@@ -260,9 +269,17 @@ def run_section(section: str, tmp_path: Path) -> None:
         new = [r for r in runs if r.info.run_id not in before]
         parents = [r for r in new if r.data.tags.get("archbench.sweep") == "parent"]
         jobs = [r for r in new if r not in parents]
-        assert (len(jobs), len(parents)) == (promise.jobs, promise.sweeps), command
+        assert len(parents) == promise.sweeps, command
         assert {r.info.status for r in new} <= {"FINISHED"}, command
-        if promise.names:
+        if promise.raced:  # the race decides how many: its record says, and every round ran
+            (parent,) = parents
+            runs_so_far = store(tmp_path).get_metric_history(parent.info.run_id, "race/runs")
+            assert len(jobs) == max(m.value for m in runs_so_far) >= 3 * len(set(promise.names)), command
+            assert {r.info.run_name for r in jobs} <= set(promise.names), command
+            assert parent.data.tags["race.stopped"] in ("all resolved", "race.max_seeds=5 reached"), command
+        else:
+            assert len(jobs) == promise.jobs, command
+        if promise.names and not promise.raced:
             assert sorted(r.info.run_name for r in jobs) == sorted(promise.names), command
         if parents:
             ids = {p.info.run_id for p in parents}
