@@ -77,6 +77,20 @@ def test_a_tied_best_is_never_the_loser_when_others_are_worse():
     assert (race.state[:, 2:] == WORSE).all(axis=1).mean() > 0.95
 
 
+def test_a_gap_of_the_margin_is_rarely_called_equivalent():
+    # "equivalent within +-0.005" is a claim too: false where the true gap is 0.005 or more
+    rng = np.random.default_rng(25)
+    for gaps in ([0, -0.005], [0, -0.005, -0.03, -0.03]):
+        race = compare(draw(rng, gaps, 20), Plan.race(3, 20))
+        check_rate(
+            f"gap of the margin among {len(gaps)}, race: called equivalent", race.state[:, 1] == EQUIVALENT
+        )
+        one = compare(draw(rng, gaps, 10), Plan((10,)))
+        check_rate(
+            f"gap of the margin among {len(gaps)}, 10 seeds: called equivalent", one.state[:, 1] == EQUIVALENT
+        )
+
+
 def test_sigmoid_is_called_worse_within_five_seeds():
     rng = np.random.default_rng(30)
     race = compare(draw(rng, [0, 0, SIGMOID_GAP], 20), Plan.race(3, 20))  # relu, tanh, sigmoid

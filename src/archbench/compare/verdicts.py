@@ -9,7 +9,8 @@ these intervals hold at once with probability >= 1 - alpha, and then every verdi
 
 - *worse*: another configuration's mean is higher (an interval against it lies below 0);
 - *equivalent within +-margin*: mu_i - max_{j != i} mu_j, Hsu's quantity for comparisons with the
-  best, lies inside +-margin (its bounds are the smallest pairwise bounds over j); the interval
+  best, lies inside +-margin (its bounds are the smallest pairwise bounds over j, leaving out of
+  the lower one any j found to trail a third configuration: it cannot be the max); the interval
   form of TOST;
 - *best*: the highest mean, chosen after looking. Every pair is in the family, so choosing it
   costs nothing more; Holm-adjusted tests against the chosen best would ignore that choice.
@@ -161,7 +162,12 @@ def compare(x: np.ndarray, plan: Plan, looks: int | None = None) -> Outcome:
             warnings.simplefilter("ignore", RuntimeWarning)  # configurations with no finished run
             means = np.where(playing, np.nanmean(part, axis=-1), -np.inf)
         best = np.where(going, means.argmax(axis=1), best)
-        d_est, d_low, d_high = (_versus_others(m) for m in (est, lo, hi))
+        # a configuration known to trail some third one cannot be the best of the others: left out of
+        # the lower bounds (its interval may be wide and stale, from the look that settled it)
+        trails = hi < 0  # [j, k]: mu_j < mu_k
+        beaten = (trails.sum(axis=2)[:, None, :] - trails.transpose(0, 2, 1)) > 0  # [i, j]: by a k != i
+        d_est, d_high = _versus_others(est), _versus_others(hi)
+        d_low = _versus_others(np.where(beaten, np.nan, lo))
         settled_worse = playing & (d_high < 0)
         settled_equal = playing & ~settled_worse & (d_low > -plan.margin) & (d_high < plan.margin)
         is_best = np.zeros_like(playing)
