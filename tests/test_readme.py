@@ -41,6 +41,11 @@ class Promise:
     raced: bool = False  # seeds=auto: as many jobs as the race's record says, names among `names`
 
 
+def seeded(names, seeds=(0,)) -> tuple[str, ...]:
+    """Run names as archbench gives them: the choices, then the seed (`mlp-relu-sgd-s3`)."""
+    return tuple(f"{n}-s{s}" for n in names for s in seeds)
+
+
 ACTIVATIONS = tuple(f"mlp-{a}-sgd" for a in ("relu", "sigmoid", "tanh"))
 ARCHITECTURES = tuple(f"{m}-relu-sgd" for m in ("cnn1", "cnn2", "cnn3", "mlp", "mlp_deep"))
 CARD = ("cnn3-relu-sgd", "cnn3-tanh-sgd")
@@ -50,32 +55,38 @@ RECORD = frozenset(
 )
 
 PROMISES = {
-    "make run": Promise(jobs=1, names=("mlp-relu-sgd",)),
-    "make sweep-activations": Promise(jobs=15, sweeps=1, names=ACTIVATIONS * 5),
-    "python run.py": Promise(jobs=1, names=("mlp-relu-sgd",)),
-    "python run.py model=cnn3 activation=tanh train.epochs=10": Promise(jobs=1, names=("cnn3-tanh-sgd",)),
+    "make run": Promise(jobs=1, names=seeded(["mlp-relu-sgd"])),
+    "make sweep-activations": Promise(jobs=15, sweeps=1, names=seeded(ACTIVATIONS, range(5))),
+    "python run.py": Promise(jobs=1, names=seeded(["mlp-relu-sgd"])),
+    "python run.py model=cnn3 activation=tanh train.epochs=10": Promise(
+        jobs=1, names=seeded(["cnn3-tanh-sgd"])
+    ),
     # the design card's line, verbatim
-    "python run.py model=cnn3 -m activation=relu,tanh": Promise(jobs=2, sweeps=1, names=CARD),
-    'make run ARGS="model=cnn3 -m activation=relu,tanh"': Promise(jobs=2, sweeps=1, names=CARD),
-    "python run.py model=cnn3 -m activation=relu,tanh seeds=3": Promise(jobs=6, sweeps=1, names=CARD * 3),
+    "python run.py model=cnn3 -m activation=relu,tanh": Promise(jobs=2, sweeps=1, names=seeded(CARD)),
+    'make run ARGS="model=cnn3 -m activation=relu,tanh"': Promise(jobs=2, sweeps=1, names=seeded(CARD)),
+    "python run.py model=cnn3 -m activation=relu,tanh seeds=3": Promise(
+        jobs=6, sweeps=1, names=seeded(CARD, range(3))
+    ),
     "python run.py +experiment=activations 'seed=range(5,10)'": Promise(
-        jobs=15, sweeps=1, names=ACTIVATIONS * 5
+        jobs=15, sweeps=1, names=seeded(ACTIVATIONS, range(5, 10))
     ),
     # every job run of the experiment by configuration: the two sweeps above it, seeds 0-4 and 5-9
     'make compare ARGS="--experiment archbench"': Promise(
         output=("experiment archbench", "10 seeds per configuration", "activation=sigmoid")
     ),
     # the presets repeat every configuration over seeds: 5 for activations, 3 for architectures
-    "python run.py +experiment=activations": Promise(jobs=15, sweeps=1, names=ACTIVATIONS * 5),
+    "python run.py +experiment=activations": Promise(jobs=15, sweeps=1, names=seeded(ACTIVATIONS, range(5))),
     "python run.py +experiment=activations seeds=auto": Promise(
         sweeps=1, names=ACTIVATIONS, raced=True, parent_files=("pareto.png", "race.json")
     ),
     "python run.py model=cnn2,cnn3 -m seeds=auto race.max_minutes=30": Promise(
         sweeps=1, names=("cnn2-relu-sgd", "cnn3-relu-sgd"), raced=True
     ),
-    "python run.py +experiment=architectures": Promise(jobs=15, sweeps=1, names=ARCHITECTURES * 3),
+    "python run.py +experiment=architectures": Promise(
+        jobs=15, sweeps=1, names=seeded(ARCHITECTURES, range(3))
+    ),
     "python run.py +experiment=activations optimizer=adam train.epochs=1": Promise(
-        jobs=15, sweeps=1, names=tuple(n.replace("sgd", "adam") for n in ACTIVATIONS) * 5
+        jobs=15, sweeps=1, names=seeded([n.replace("sgd", "adam") for n in ACTIVATIONS], range(5))
     ),
     "python run.py model=dummynet mode=inspect": Promise(output=("total", "2,512", "Conv2d")),
     # the latest sweep: the activations preset (Adam, in "Running experiments")
@@ -93,24 +104,26 @@ PROMISES = {
     "python run.py +experiment=architectures hydra/launcher=joblib hydra.launcher.n_jobs=4": Promise(
         jobs=15,
         sweeps=1,
-        names=ARCHITECTURES * 3,
+        names=seeded(ARCHITECTURES, range(3)),
         params=(("train.threads", "1"),),  # jobs x threads <= cores: 1 thread each below 8 cores
         metrics=RECORD,
         parent_files=("comparison.md", "comparison.csv", "comparison.png", "curves.png"),
     ),
     "python run.py -m hydra/launcher=submitit_local activation=relu,tanh": Promise(
-        jobs=2, sweeps=1, names=("mlp-relu-sgd", "mlp-tanh-sgd"), sweep_dir=(".submitit",)
+        jobs=2, sweeps=1, names=seeded(["mlp-relu-sgd", "mlp-tanh-sgd"]), sweep_dir=(".submitit",)
     ),
     "python run.py +search=lr_batch model=cnn2 hydra.sweeper.n_trials=30": Promise(jobs=3, sweeps=1),
     "python run.py +search=lr_batch 'activation=choice(relu,tanh,sigmoid)'": Promise(jobs=3, sweeps=1),
-    "python run.py model=cnn2 scheduler=onecycle train.epochs=10": Promise(jobs=1, names=("cnn2-relu-sgd",)),
+    "python run.py model=cnn2 scheduler=onecycle train.epochs=10": Promise(
+        jobs=1, names=seeded(["cnn2-relu-sgd"])
+    ),
     "python run.py +search=lr_batch model=cnn2 train.early_stopping.patience=2": Promise(jobs=3, sweeps=1),
-    "python run.py +debug=fast": Promise(jobs=1, names=("mlp-relu-sgd",)),
+    "python run.py +debug=fast": Promise(jobs=1, names=seeded(["mlp-relu-sgd"])),
     "python run.py +debug=overfit": Promise(
-        jobs=1, names=("mlp-relu-sgd",), output=("overfit check passed: accuracy 1.000",)
+        jobs=1, names=seeded(["mlp-relu-sgd"]), output=("overfit check passed: accuracy 1.000",)
     ),
     "python run.py tracking.register=fashion-mlp tracking.system_metrics=true": Promise(
-        jobs=1, names=("mlp-relu-sgd",)
+        jobs=1, names=seeded(["mlp-relu-sgd"])
     ),
 }
 
@@ -275,7 +288,7 @@ def run_section(section: str, tmp_path: Path) -> None:
             (parent,) = parents
             runs_so_far = store(tmp_path).get_metric_history(parent.info.run_id, "race/runs")
             assert len(jobs) == max(m.value for m in runs_so_far) >= 3 * len(set(promise.names)), command
-            assert {r.info.run_name for r in jobs} <= set(promise.names), command
+            assert {re.sub(r"-s\d+$", "", r.info.run_name) for r in jobs} == set(promise.names), command
             assert parent.data.tags["race.stopped"] in ("all resolved", "race.max_seeds=5 reached"), command
         else:
             assert len(jobs) == promise.jobs, command

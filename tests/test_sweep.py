@@ -74,14 +74,23 @@ def test_parent_run_holds_the_comparison(tmp_path):
     assert [r["configuration"] for r in rows] == sorted(means, key=lambda c: -sum(means[c]) / 2)
     assert [r["n"] for r in rows] == ["2", "2", "2"] and rows[0]["verdict"] == "best"
     assert all(r["test"] == "paired" for r in rows[1:])  # the same seeds on both sides
-    # the UI shows it without digging: the run's description, and headline metrics
+    # the UI shows it without digging: the run's description (verdicts first, the table as plain text:
+    # MLflow's renderer strips a Markdown table's borders), the table itself, and headline metrics
     note = parent.data.tags["mlflow.note.content"]
-    assert note == artifact_text(tmp_path, parent.info.run_id, "comparison.md")
-    assert "| 1 | activation=" in note and "95% CI" in note and "synthetic, 1 epoch(s), 2 seeds" in note
+    assert "synthetic, 1 epoch(s), 2 seeds" in note and "```text" in note
+    best, mean, low, high = rows[0]["label"], *(float(rows[0][k]) for k in ("mean", "ci_low", "ci_high"))
+    assert note.splitlines()[2] == f"- **{best}**: best, {mean:.4f} [{low:.4f}, {high:.4f}], n = 2"
+    assert "| 1 | activation=" in artifact_text(tmp_path, parent.info.run_id, "comparison.md")
     metrics = parent.data.metrics
     assert metrics["configurations"] == 3 and metrics["seeds"] == 2
-    assert metrics["best_mean"] == pytest.approx(float(rows[0]["mean"]))
-    assert {f"mean/activation_{a}" for a in ("relu", "tanh", "sigmoid")} <= set(metrics)
+    assert metrics["best_mean"] == round(float(rows[0]["mean"]), 4)
+    assert not [k for k in metrics if "/" in k], "a '/' makes a section of its own, first in the chart view"
+    assert (
+        parent.data.params["sweep.overrides"]
+        == (
+            "activation=relu,tanh,sigmoid seeds=2 dataset.train_size=500 dataset=synthetic train.epochs=1"
+        )  # as typed, less the shrunk job's own store, data folder and progress bars
+    )
     png = store(tmp_path).download_artifacts(parent.info.run_id, "comparison.png", str(tmp_path))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 

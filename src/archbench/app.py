@@ -126,7 +126,8 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
         "configuration": configuration(job_overrides()),  # MLflow's "Group by" gives one group each
         **debug_tag(cfg),
     }
-    name = "-".join(picked[g] for g in ("model", "activation", "optimizer"))
+    name = "-".join(picked[g] for g in ("model", "activation", "optimizer")) + f"-s{cfg.seed}"  # seeds apart
+    logged = runs.params(cfg, picked, device)
     run = runs.open_run(cfg, name, tags, sweep_dir(), resume_id=cfg.resume)
     with run:
         start, spent = 1, 0.0
@@ -134,7 +135,7 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
             start, spent = trainer.restore(state) + 1, state["train_time_s"]
             log.info("resuming %s after epoch %d", run.run_id, start - 1)
         else:
-            run.log_config(cfg)
+            run.log_config(cfg, logged)
             summary = model_summary(trainer.module, cfg.model.input_shape, cfg.train.batch_size, device)
             run.log_text(summary, "model_summary.txt")
             if data.lineage:
@@ -143,6 +144,7 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
         def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
             nonlocal spent
             spent += metrics["epoch_time_s"]
+            metrics["epoch_time_s"] = round(metrics["epoch_time_s"], 3)  # ms: timings vary more than that
             run.log_metrics(metrics, step=epoch)
             if cfg.train.checkpoint:
                 run.log_state({**trainer.checkpoint(epoch), "train_time_s": spent})
@@ -159,12 +161,12 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
             "params_total": counts["total"],
             "params_trainable": counts["trainable"],
             "mult_adds": mult_adds(trainer.module, cfg.model.input_shape, device),  # per sample
-            "train_time_s": spent,
+            "train_time_s": round(spent, 3),
             **{k: final[k] for k in ("overfit_accuracy",) if k in final},
         }
         run.log_metrics(totals, step=last)
         # the model (runs:/<id>/model), confusion matrix and accuracy per class
-        records.log_outcome(run, cfg, trainer.module, data, trainer.predict(data.x_test), step=last)
+        records.log_outcome(run, cfg, trainer.module, data, trainer.predict(data.x_test), last, logged)
     final.update(totals)
     log.info("%s: %s", run.name, ", ".join(f"{k}={v:.4g}" for k, v in final.items()))
     return final.get("val_accuracy", final["test_accuracy"])

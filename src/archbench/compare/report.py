@@ -18,11 +18,9 @@ import pandas as pd
 from archbench.compare import charts, stats, table
 from archbench.compare.verdicts import MARGIN, Plan
 from archbench.config import configuration
-from archbench.tracking import store
+from archbench.tracking import store, views
 
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"  # as conf/config.yaml's tracking.uri
-# MLflow 3.17's UI opens in GenAI mode, whatever the experiment's kind, unless the URL asks otherwise
-UI_MODE = "?workflowType=machine_learning"
 METRICS = ("test_accuracy", "val_accuracy", "train_time_s", "params_total")
 COLUMNS = [
     "run_id",
@@ -239,11 +237,21 @@ def main(argv: list[str] | None = None) -> int:
     print(table.markdown(comp))
     paths = write_all(comp, args.out / name, mlflow_client)
     print(f"written to {args.out / name}: {', '.join(p.name for p in paths)}")
-    print(
-        f"in the MLflow UI (make ui): http://127.0.0.1:5000/#/experiments/{experiment_id}/runs{UI_MODE}"
-        " then Group by -> Tags -> configuration"
-    )
+    print(f"in the MLflow UI (make ui): {ui_link(mlflow_client, comp, name, experiment_id, args.experiment)}")
     return 0
+
+
+def ui_link(mlflow_client, comp: Comparison, name: str, experiment_id: str, experiment: str | None) -> str:
+    """The runs view of this comparison, saved as a view of the experiment; the bare runs view where
+    the store takes no writes (a read-only copy, say)."""
+    try:
+        if experiment:
+            return views.for_experiment(mlflow_client, comp, experiment_id)
+        return views.for_sweep(mlflow_client, comp, name, experiment_id)
+    except Exception as e:
+        if store.failure(e, mlflow_client.tracking_uri) is None:
+            raise
+        return f"{views.UI}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 if __name__ == "__main__":

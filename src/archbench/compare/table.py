@@ -1,8 +1,6 @@
 """A comparison as people read it: the Markdown table with its verdicts and what they mean, the CSV,
 and the few figures a sweep's parent run carries as metrics."""
 
-import re
-
 import pandas as pd
 
 SHORT = {"not resolved": "open", "no finished run": "no run"}  # verdicts as a table cell shows them
@@ -24,42 +22,75 @@ def _verdict_cell(r, margin: float) -> str:
     return SHORT.get(r.verdict, r.verdict)
 
 
+COLUMNS = ("#", "configuration", "n", "mean", "sd", "95% CI", "vs best [simultaneous 95%]", "verdict",
+           "time (s)", "params", "front")  # fmt: skip
+PLAIN = tuple(c for c in COLUMNS if c not in ("95% CI", "params"))  # the description's: narrower
+
+
+def _cells(comp, rank: int, r, shrunk: set[str]) -> dict[str, str]:
+    """One configuration's row, by column."""
+    vs = "-"
+    if pd.notna(r.diff_low):
+        low, high = _fmt(r.diff_low, signed=True), _fmt(r.diff_high, signed=True)
+        vs = f"{_fmt(r['diff'], signed=True)} [{low}, {high}]"
+    return {
+        "#": str(rank),
+        "configuration": comp.labels[r.configuration] + (" (debug)" if r.configuration in shrunk else ""),
+        "n": f"{r.n}" + (f" (+{r.failed} failed)" if r.failed else ""),
+        "mean": _fmt(r["mean"]),
+        "sd": _fmt(r.sd),
+        "95% CI": f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]" if r.n >= 2 else "-",
+        "vs best [simultaneous 95%]": vs,
+        "verdict": _verdict_cell(r, comp.plan.margin),
+        "time (s)": _fmt(r.train_time_s, 2),
+        "params": "-" if pd.isna(r.params_total) else f"{int(r.params_total):,}",
+        "front": "yes" if r.front else "",
+    }
+
+
+def _rows(comp) -> list[dict[str, str]]:
+    shrunk = set(comp.runs.configuration[comp.runs.debug.fillna("") != ""])
+    return [_cells(comp, i + 1, r, shrunk) for i, r in comp.summary.iterrows()]
+
+
 def markdown(comp) -> str:
     """The table with short verdicts, what they mean under it, then the runs left out of it."""
-    s, plan = comp.summary, comp.plan
-    lines = [
-        f"**{comp.title}**",
+    lines = [f"**{comp.title}**", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row[c] for c in COLUMNS) + " |" for row in _rows(comp)]
+    return "\n".join([*lines, "", *_legend(comp), *_left_out(comp)]) + "\n"
+
+
+def description(comp) -> str:
+    """The comparison as MLflow's run description renders it (showdown, with every table style
+    stripped, so a Markdown table's cells run together): the verdicts first, a line each, as the
+    Overview shows only the first lines before "Show more"; the table as aligned plain text."""
+    lines = [f"**{comp.title}**", ""]
+    for _, r in comp.summary.iterrows():
+        ci = f" [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]" if r.n >= 2 else ""
+        verdict = r.verdict
+        if verdict == "not resolved" and pd.notna(r.seeds_needed):
+            verdict += f" (~{int(r.seeds_needed)} seeds would likely settle it)"
+        lines.append(f"- **{comp.labels[r.configuration]}**: {verdict}, {_fmt(r['mean'])}{ci}, n = {r.n}")
+    table = [dict(zip(PLAIN, PLAIN, strict=True)), *_rows(comp)]
+    widths = {c: max(len(row[c]) for row in table) for c in PLAIN}
+    text = ["  ".join(row[c].ljust(widths[c]) for c in PLAIN).rstrip() for row in table]
+    lines += ["", "```text", *text, "```", "", *_legend(comp), *_left_out(comp)]
+    lines += [
         "",
-        "| # | configuration | n | mean | sd | 95% CI | vs best [simultaneous 95%] | verdict | time (s) "
-        "| params | front |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "The table with each configuration's 95% CI and parameters: comparison.md and .csv (Artifacts).",
     ]
-    shrunk = set(comp.runs.configuration[comp.runs.debug.fillna("") != ""])
-    for i, r in s.iterrows():
-        n = f"{r.n}" + (f" (+{r.failed} failed)" if r.failed else "")
-        vs = "-"
-        if pd.notna(r.diff_low):
-            low, high = _fmt(r.diff_low, signed=True), _fmt(r.diff_high, signed=True)
-            vs = f"{_fmt(r['diff'], signed=True)} [{low}, {high}]"
-        cells = [
-            str(i + 1),
-            comp.labels[r.configuration] + (" (debug)" if r.configuration in shrunk else ""),
-            n,
-            _fmt(r["mean"]),
-            _fmt(r.sd),
-            f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]" if r.n >= 2 else "-",
-            vs,
-            _verdict_cell(r, plan.margin),
-            _fmt(r.train_time_s, 2),
-            "-" if pd.isna(r.params_total) else f"{int(r.params_total):,}",
-            "yes" if r.front else "",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", *_legend(comp)]
+    return "\n".join(lines) + "\n"
+
+
+def _left_out(comp) -> list[str]:
+    """Debug runs, runs that did not finish, and the comparison's own note."""
+    lines = []
+    shrunk = sorted(
+        {comp.labels.get(c, c) for c in comp.runs.configuration[comp.runs.debug.fillna("") != ""]}
+    )
     if shrunk:
-        names = sorted(comp.labels.get(c, c) for c in shrunk)
         why = "shrunk by +debug or train.limit_batches"
-        lines += ["", f"**Debug runs, not results** ({', '.join(names)}): {why}."]
+        lines += ["", f"**Debug runs, not results** ({', '.join(shrunk)}): {why}."]
     failed = comp.runs[comp.runs.status != "FINISHED"]
     if len(failed):
         lines += ["", "Not in the statistics (did not finish):"]
@@ -68,7 +99,7 @@ def markdown(comp) -> str:
             lines.append(f"- {label} seed={r.seed}: {r.status}" + (f": {r.error}" if r.error else ""))
     if comp.note:
         lines += ["", comp.note]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _legend(comp) -> list[str]:
@@ -112,13 +143,14 @@ def csv_text(comp) -> str:
 
 
 def headline(comp) -> dict[str, float]:
-    """The figures a parent run carries as metrics: the best, and each configuration's mean."""
+    """The figures a parent run carries as metrics, rounded as the table shows them: the best's mean
+    and interval, and how many configurations, seeds and verdicts. Per configuration, the table and
+    the CSV say it (as `mean/<configuration>` metrics they made a section that the experiment's chart
+    view showed before all others)."""
     s = comp.summary
     best = s.iloc[0]
     figures = {"configurations": len(s), "seeds": int(s.n.max())}
-    figures["resolved_worse"] = int((s.verdict == "worse").sum())
+    figures["resolved_worse"] = int(s.verdict.str.startswith("worse").sum())
+    figures["resolved_equivalent"] = int(s.verdict.str.startswith("equivalent").sum())
     figures |= {"best_mean": best["mean"], "best_ci_low": best.ci_low, "best_ci_high": best.ci_high}
-    for _, r in s.iterrows():
-        name = re.sub(r"[^/\w.\- :]", "_", comp.labels[r.configuration])  # what MLflow allows in a name
-        figures[f"mean/{name}"] = r["mean"]
     return {k: round(float(v), 4) for k, v in figures.items() if not pd.isna(v)}

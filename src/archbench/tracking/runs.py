@@ -75,6 +75,25 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
     return flat
 
 
+# Keys that say how or where a job ran, not what it trained: in config.yaml, not in the params, where
+# MLflow's runs table and compare page list them beside the configuration (51 params, with them).
+BOOKKEEPING = ("tracking", "train.progress", "train.checkpoint", "data_dir", "resume", "mode", "seeds",
+               "compare", "race", "dataset.system_dir", "dataset.torchvision_class",  # where the data is
+               "dataset.classes")  # fmt: skip
+HYDRA_KEYS = ("_target_", "_partial_")  # which class and how it is called: the group's choice says it
+
+
+def params(cfg: DictConfig, choices: dict[str, str], device) -> dict[str, str]:
+    """A run's params: what changes its results. Each group's choice (`activation=relu`), the
+    settings, the seed, and the device as used (the config may say `auto`)."""
+
+    def plumbing(key: str) -> bool:
+        hydra = key.rsplit(".", 1)[-1] in HYDRA_KEYS
+        return hydra or any(key == b or key.startswith(f"{b}.") for b in BOOKKEEPING)
+
+    return {**choices, **{k: v for k, v in flatten(cfg).items() if not plumbing(k)}, "device": str(device)}
+
+
 def resolved_yaml(cfg: DictConfig) -> str:
     container = OmegaConf.to_container(cfg, resolve=True)
     container.get("tracking", {})["uri"] = redact(str(cfg.tracking.uri))
@@ -127,9 +146,9 @@ class Run:
         for i in range(0, len(items), 100):  # MLflow's limit per batch
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
-    def log_config(self, cfg: DictConfig) -> None:
-        """The resolved config: flattened as params, and whole as config.yaml."""
-        self.log_params(flatten(cfg))
+    def log_config(self, cfg: DictConfig, params: dict[str, str]) -> None:
+        """The run's `params`, and the whole resolved config as config.yaml."""
+        self.log_params(params)
         self.log_text(resolved_yaml(cfg), "config.yaml")
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:

@@ -21,13 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from archbench.compare import race, report, table
 from archbench.config import GROUPS, ConfigError, validate_sweep
-from archbench.tracking import store
+from archbench.tracking import store, views
 from archbench.tracking.runs import PARENT_FILE, Terminated, client, experiment_id, redact_overrides
 
 log = logging.getLogger(__name__)
 
 FAILED_FILE = "job_failed.json"  # in a failed job's folder: its overrides and error
 PRESET_GROUPS = ("experiment", "search")
+SETUP = ("tracking.uri", "tracking.experiment", "data_dir", "train.progress", "resume")  # not what was swept
 
 
 class MlflowSweep(Callback):
@@ -56,6 +57,8 @@ class MlflowSweep(Callback):
         picked = config.hydra.runtime.choices
         preset = next((picked[g] for g in PRESET_GROUPS if picked.get(g)), None)
         overrides = " ".join(redact_overrides(task))
+        # the parameter shows what was swept: not where its store or data live (as a job's configuration)
+        swept = " ".join(o for o in redact_overrides(task) if o.split("=", 1)[0].lstrip("+~") not in SETUP)
         run = mlflow_client.create_run(
             experiment,
             run_name=f"sweep-{preset or sweep_dir.parent.name + '-' + sweep_dir.name}",
@@ -66,7 +69,7 @@ class MlflowSweep(Callback):
             },
         )
         self.parent_id, self.parent_name = run.info.run_id, run.info.run_name
-        mlflow_client.log_param(self.parent_id, "sweep.overrides", overrides or "(none)")
+        mlflow_client.log_param(self.parent_id, "sweep.overrides", swept or "(none)")
         mlflow_client.log_param(self.parent_id, "compare.margin", config.compare.margin)
         if config.seeds == "auto":
             plan = race.plan_of(config)
@@ -142,15 +145,16 @@ class MlflowSweep(Callback):
         metrics, and the table, CSV and charts as artifacts."""
         from mlflow.entities import Metric
 
-        text = table.markdown(comp)
         with tempfile.TemporaryDirectory() as tmp:
             for path in report.write_all(comp, Path(tmp), mlflow_client):
                 mlflow_client.log_artifact(parent_id, str(path))
-        mlflow_client.set_tag(parent_id, "mlflow.note.content", text)  # the Overview's description
+        mlflow_client.set_tag(parent_id, "mlflow.note.content", table.description(comp))  # the Overview's
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, 0) for k, v in table.headline(comp).items()]
         mlflow_client.log_batch(parent_id, metrics=metrics)
-        print(text)
+        experiment = mlflow_client.get_run(parent_id).info.experiment_id
+        print(table.markdown(comp))
+        print(f"in the MLflow UI (make ui): {views.for_sweep(mlflow_client, comp, parent_id, experiment)}")
 
     def _status(self, statuses: set[str], failures: list, interrupted: bool) -> str:
         """The parent's end state, from how its jobs ended and how the sweep did."""
@@ -180,7 +184,7 @@ def _log_race(mlflow_client, parent_id: str, record: dict) -> None:
 
     now = int(time.time() * 1000)
     metrics = [
-        Metric(f"race/{key}", float(r[key]), now, r["round"])
+        Metric(f"race_{key}", float(r[key]), now, r["round"])  # no "/": a section of its own in the UI
         for r in record["rounds"]
         for key in ("configurations", "seeds", "runs")
     ]

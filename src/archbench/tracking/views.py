@@ -1,0 +1,80 @@
+"""A saved view of the experiment's runs for each comparison, so that the link archbench prints opens
+on one row per configuration with its accuracy, training time and size, the best first.
+
+MLflow's UI (3.17) takes columns, grouping and sort from no URL parameter: only from its
+per-browser state, or from a shared view, an experiment tag `mlflow.sharedViewState.<key>` that
+`?viewStateShareKey=<key>` opens (what the UI's own "Share" writes; it also lists it under the
+experiment's views). The link must carry nothing else that the UI reads as a search setting, or it
+ignores the view. `workflowType=machine_learning` keeps the page out of the GenAI view, which 3.17
+opens by default whatever the experiment's kind.
+"""
+
+import json
+import time
+
+KEY_PREFIX = "mlflow.sharedViewState."
+RUN_NAME = "attributes.`Run Name`"
+UI = "http://127.0.0.1:5000"  # make ui
+GROUPS = {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "configuration"}]}
+SECTION = {"uuid": "comparison", "name": "Comparison", "display": True, "isReordered": True}  # charts first
+
+
+def save(mlflow_client, experiment_id: str, key: str, name: str, where: str, configs: list[str], metric: str):
+    """The view `key`: runs matching `where` (MLflow's search syntax), grouped by configuration (the
+    groups folded: one row each), averages of `metric`, train_time_s and params_total, best first;
+    in the chart view, a section of `metric` per configuration and its learning curves."""
+    columns = [f"metrics.`{m}`" for m in (metric, "train_time_s", "params_total")]
+    charts = [
+        {"uuid": "bar", "type": "BAR", "metricKey": metric},
+        _line("curve", metric),
+        _line("loss", "train_loss"),
+    ]
+    state = {
+        "searchFilter": where,
+        "orderByKey": columns[0],
+        "orderByAsc": False,
+        "selectedColumns": columns,
+        "columnOrder": [RUN_NAME, *columns],
+        "columnWidths": {RUN_NAME: 420},  # configurations are long: "Group: +experiment=… activation=…"
+        "groupBy": GROUPS,
+        "groupsExpanded": {f"tag.configuration.{c}": False for c in configs},
+        "compareRunCharts": [
+            {**c, "metricSectionId": "comparison", "isGenerated": False, "deleted": False} for c in charts
+        ],
+        "compareRunSections": [SECTION],
+        "isAccordionReordered": True,
+    }
+    saved = {"name": name, "createdAt": int(time.time() * 1000), "state": json.dumps(state)}
+    mlflow_client.set_experiment_tag(experiment_id, KEY_PREFIX + key, json.dumps(saved))
+
+
+def _line(uuid: str, metric: str) -> dict:
+    line = {"selectedMetricKeys": [metric], "xAxisKey": "step", "scaleType": "linear", "lineSmoothness": 0}
+    return {"uuid": uuid, "type": "LINE", "metricKey": metric, **line}
+
+
+def link(experiment_id: str, key: str) -> str:
+    return f"{UI}/#/experiments/{experiment_id}/runs?viewStateShareKey={key}&workflowType=machine_learning"
+
+
+def for_sweep(mlflow_client, comp, parent_id: str, experiment_id: str) -> str:
+    """A sweep's view (its child runs) under the parent's id; returns its link."""
+    where = f"tags.mlflow.parentRunId = '{parent_id}'"
+    configs = list(comp.summary.configuration)
+    save(mlflow_client, experiment_id, parent_id, comp.title.split(":")[0], where, configs, comp.metric)
+    return link(experiment_id, parent_id)
+
+
+def for_experiment(mlflow_client, comp, experiment_id: str) -> str:
+    """Every job run of the experiment (runs with a configuration tag: not the sweeps' parents)."""
+    configs = list(comp.summary.configuration)
+    save(
+        mlflow_client,
+        experiment_id,
+        "all",
+        "all job runs",
+        "tags.configuration LIKE '%'",
+        configs,
+        comp.metric,
+    )
+    return link(experiment_id, "all")
