@@ -1,6 +1,7 @@
 """End to end: a small sweep, `mlflow ui` on loopback, and headless Chromium shows the sweep's runs."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +11,10 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.expected_conditions import element_to_be_clickable
 from selenium.webdriver.support.ui import WebDriverWait
 
-from archbench.compare import report
+from archbench.tracking import views
 from conftest import all_runs, free_port, run_py, stop_group, wait_for_health
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's packages: nothing is ever downloaded
@@ -35,19 +35,25 @@ CHROME_ARGS = (
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """The store after a two-configuration sweep over two seeds."""
+    """The store after a two-configuration sweep over two seeds, and the two links it printed."""
     tmp_path = tmp_path_factory.mktemp("sweep")
     result = run_py(tmp_path, "-m", "activation=relu,tanh", "seeds=2", "dataset.train_size=500")
     assert result.returncode == 0, result.stderr
     runs = all_runs(tmp_path)
     (parent,) = [r for r in runs if r.data.tags.get("archbench.sweep") == "parent"]
     children = [r for r in runs if r is not parent]
-    assert sorted(r.info.run_name for r in children) == ["mlp-relu-sgd"] * 2 + ["mlp-tanh-sgd"] * 2
+    assert sorted(r.info.run_name for r in children) == [
+        f"mlp-{a}-sgd-s{s}" for a in ("relu", "tanh") for s in (0, 1)
+    ]
+    (view,) = re.findall(r"in the MLflow UI \(make ui\): (\S+)", result.stdout)
+    (page,) = re.findall(r"the comparison: (\S+)", result.stdout)
     return SimpleNamespace(
         uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db",
         experiment_id=parent.info.experiment_id,
         parent=parent,
         children=children,
+        view=view,
+        page=page,
     )
 
 
@@ -85,63 +91,101 @@ def browser(tmp_path, monkeypatch):
         driver.quit()
 
 
+def body(browser) -> str:
+    return browser.find_element(By.TAG_NAME, "body").text
+
+
 def body_shows(browser, texts, timeout=30):
-    def shown(_):
-        body = browser.find_element(By.TAG_NAME, "body").text
-        return all(t in body for t in texts)
-
-    WebDriverWait(browser, timeout).until(shown)
+    WebDriverWait(browser, timeout).until(lambda _: all(t in body(browser) for t in texts))
 
 
-def test_experiment_page_shows_the_sweeps_runs(browser, sweep, ui, tmp_path):  # browser first: fails fast
-    parent = sweep.parent.info.run_name
-    children = sorted({r.info.run_name for r in sweep.children})
-    # /runs: MLflow 3's bare experiment URL opens the GenAI overview, which lists no runs
-    browser.get(f"{ui}/#/experiments/{sweep.experiment_id}/runs")
-    body = lambda: browser.find_element(By.TAG_NAME, "body").text  # noqa: E731
+def model_training_view(browser) -> None:
+    """Not MLflow's GenAI view: its sidebar lists the model registry, and no judges or prompts."""
+    text = body(browser)
+    assert "Model registry" in text and not {"Judges", "Prompts"} & set(text.splitlines()), text[:600]
+
+
+def served(link: str, ui: str) -> str:
+    """A printed link (make ui's address) on the test's own server."""
+    return link.replace(views.UI, ui)
+
+
+def test_the_printed_link_shows_one_row_per_configuration(browser, sweep, ui, tmp_path):
+    configs = {r.data.tags["configuration"]: [] for r in sweep.children}
+    for r in sweep.children:
+        configs[r.data.tags["configuration"]].append(r.data.metrics["test_accuracy"])
+    browser.get(served(sweep.view, ui))
     try:
-        body_shows(browser, [parent])
-        if not all(name in body() for name in children):
-            # children sit collapsed under the parent: its expander is the button in the same grid cell
-            expander = f"//a[normalize-space()='{parent}']/ancestor::div[@role='gridcell'][1]//button"
-            WebDriverWait(browser, 30).until(element_to_be_clickable((By.XPATH, expander))).click()
-        body_shows(browser, [parent, *children])
+        body_shows(browser, [*(f"Group: {c}" for c in configs), "test_accuracy"])
+        model_training_view(browser)
+        assert not [r for r in sweep.children if r.info.run_name in body(browser)], "groups start folded"
+        for config, values in configs.items():
+            label = browser.find_element(By.XPATH, f"//*[normalize-space()='Group: {config}']")
+            width = browser.execute_script(
+                "return [arguments[0].scrollWidth, arguments[0].clientWidth]", label
+            )
+            assert width[0] <= width[1], f"the label is cut: {width}"  # readable as it stands
+            index = label.find_element(By.XPATH, "./ancestor::*[@role='row'][1]").get_attribute("row-index")
+            # the grid keeps a row's pinned name cell and its scrolling metric cells in two elements
+            row = " ".join(
+                e.text for e in browser.find_elements(By.XPATH, f"//*[@role='row' and @row-index='{index}']")
+            )
+            shown = [float(x) for x in re.findall(r"\b0\.\d{3,}", row)]
+            assert any(abs(x - sum(values) / len(values)) < 1e-3 for x in shown), row  # its mean accuracy
     finally:
-        browser.save_screenshot(str(tmp_path / "experiment-page.png"))
+        browser.save_screenshot(str(tmp_path / "runs-view.png"))
 
 
-def test_parent_run_describes_the_comparison(browser, sweep, ui, tmp_path):
-    # the comparison, verdicts included, is the parent run's description on its Overview; the link is
-    # the one archbench prints (MLflow 3.17 opens in GenAI mode unless the URL asks for model training)
-    browser.get(f"{ui}/#/experiments/{sweep.experiment_id}/runs/{sweep.parent.info.run_id}{report.UI_MODE}")
+def test_a_run_opens_on_its_learning_curves(browser, sweep, ui, tmp_path):
+    """Through the printed link, as the README says: MLflow 3.17 opens a clicked run in its GenAI view
+    until told otherwise once per browser, with the "Model training" switch (which lands on the
+    experiment's runs); after that click, every run page stays in the model-training view."""
+    wait = WebDriverWait(browser, 30)
+
+    def open_run(config: str, seed: str) -> None:
+        browser.get(served(sweep.view, ui))
+        row = f"//*[normalize-space()='Group: {config}']/ancestor::*[@role='gridcell'][1]"
+        wait.until(element_to_be_clickable((By.XPATH, f"{row}//span[@role='button']"))).click()  # unfold
+        name = next(
+            r.info.run_name
+            for r in sweep.children
+            if r.data.params["seed"] == seed and r.data.tags["configuration"] == config
+        )
+        wait.until(element_to_be_clickable((By.LINK_TEXT, name))).click()
+        body_shows(browser, ["Overview", name])
+
+    config = sweep.children[0].data.tags["configuration"]
     try:
-        body_shows(browser, ["Description", "synthetic, 1 epochs, 2 seeds per configuration", "95% CI"])
-        more = browser.find_elements(By.XPATH, "//*[normalize-space()='Show more']")
-        if more:  # a long description is folded
-            browser.execute_script("arguments[0].scrollIntoView(); arguments[0].click();", more[0])
-        rows = [f"| {i} | activation=" for i in (1, 2)]
-        body_shows(browser, ["activation=relu", "activation=tanh", "best", "not resolved with 2 seeds"])
-        assert all(r in sweep.parent.data.tags["mlflow.note.content"] for r in rows)
-        assert "No description" not in browser.find_element(By.TAG_NAME, "body").text
+        open_run(config, "0")
+        if "Judges" in body(browser).splitlines():  # the GenAI view, as MLflow 3.17 opens it at first
+            browser.save_screenshot(str(tmp_path / "run-genai-first.png"))
+            wait.until(element_to_be_clickable((By.XPATH, "//*[normalize-space()='Model training']"))).click()
+            open_run(config, "0")  # the switch lands on the experiment's runs: open the run again
+        body_shows(browser, ["Model metrics"])
+        model_training_view(browser)
+        open_run(config, "1")  # remembered: no click this time
+        model_training_view(browser)
+        wait.until(element_to_be_clickable((By.XPATH, "//*[normalize-space()='Model metrics']"))).click()
+        body_shows(browser, ["params_total", "test_accuracy"])
+        model_training_view(browser)
+        metrics = set(sweep.children[0].data.metrics)
+        charts = [line for line in body(browser).splitlines() if line in metrics]  # those drawn so far
+        assert {"test_accuracy", "train_loss"} & set(charts[:6]), charts  # the first screen: 6 charts
+        assert not [c for c in charts[:9] if c.startswith("zz_class_accuracy.")], charts  # they come last
+    finally:
+        browser.save_screenshot(str(tmp_path / "run-metrics.png"))
+
+
+def test_the_parent_page_shows_the_comparison(browser, sweep, ui, tmp_path):
+    browser.get(served(sweep.page, ui))
+    try:
+        body_shows(browser, ["Description", "synthetic, 1 epoch(s), 2 seeds per configuration"])
+        model_training_view(browser)
+        for more in browser.find_elements(By.CSS_SELECTOR, "[data-testid=show-comment-toggle]"):
+            browser.execute_script("arguments[0].scrollIntoView(); arguments[0].click();", more)
+        labels = [r.data.tags["activation"] for r in sweep.children]
+        body_shows(browser, [f"activation={a}" for a in labels] + ["vs best [simultaneous 95%]", "verdict"])
+        rows = [line for line in body(browser).splitlines() if re.match(r"[12] +activation=", line)]
+        assert len(rows) == 2 and all(re.search(r"\b0\.\d{4}\b", r) for r in rows), rows  # the table, aligned
     finally:
         browser.save_screenshot(str(tmp_path / "parent-run.png"))
-
-
-def test_runs_group_by_configuration(browser, sweep, ui, tmp_path):
-    # every job run carries its configuration (overrides minus seed): the runs table's "Group by" on that
-    # tag gives one group per configuration, its seeds inside
-    configs = {r.data.tags["configuration"] for r in sweep.children}
-    assert len(configs) == 2 and not any("seed=" in c for c in configs)
-    browser.get(f"{ui}/#/experiments/{sweep.experiment_id}/runs{report.UI_MODE}")
-    wait = WebDriverWait(browser, 30)
-    try:
-        group_by = "//button[contains(normalize-space(), 'Group by')]"
-        wait.until(element_to_be_clickable((By.XPATH, group_by))).click()
-        tag = "//*[@role='menuitemcheckbox' and normalize-space()='configuration']"
-        wait.until(element_to_be_clickable((By.XPATH, tag))).click()
-        browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
-        body_shows(browser, ["Group by: configuration", *(f"Group: {c}" for c in configs)])
-        text = browser.find_element(By.TAG_NAME, "body").text
-        assert all(f"Group: {c}\n2" in text for c in configs), text  # two seeds in each
-    finally:
-        browser.save_screenshot(str(tmp_path / "group-by.png"))

@@ -238,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = write_all(comp, args.out / name, mlflow_client)
     print(f"written to {args.out / name}: {', '.join(p.name for p in paths)}")
     print(f"in the MLflow UI (make ui): {ui_link(mlflow_client, comp, name, experiment_id, args.experiment)}")
+    if not args.experiment:
+        print(f"the comparison: {views.run_link(experiment_id, name)}")
     return 0
 
 

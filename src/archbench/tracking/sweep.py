@@ -155,6 +155,7 @@ class MlflowSweep(Callback):
         experiment = mlflow_client.get_run(parent_id).info.experiment_id
         print(table.markdown(comp))
         print(f"in the MLflow UI (make ui): {views.for_sweep(mlflow_client, comp, parent_id, experiment)}")
+        print(f"the comparison: {views.run_link(experiment, parent_id)}")
 
     def _status(self, statuses: set[str], failures: list, interrupted: bool) -> str:
         """The parent's end state, from how its jobs ended and how the sweep did."""

@@ -35,7 +35,7 @@ def save(mlflow_client, experiment_id: str, key: str, name: str, where: str, con
         "orderByAsc": False,
         "selectedColumns": columns,
         "columnOrder": [RUN_NAME, *columns],
-        "columnWidths": {RUN_NAME: 420},  # configurations are long: "Group: +experiment=… activation=…"
+        "columnWidths": {RUN_NAME: _width(configs)},
         "groupBy": GROUPS,
         "groupsExpanded": {f"tag.configuration.{c}": False for c in configs},
         "compareRunCharts": [
@@ -48,6 +48,12 @@ def save(mlflow_client, experiment_id: str, key: str, name: str, where: str, con
     mlflow_client.set_experiment_tag(experiment_id, KEY_PREFIX + key, json.dumps(saved))
 
 
+def _width(configs: list[str]) -> int:
+    """Pixels for "Group: <configuration>" in full (about 6 a character), so that groups that differ
+    only at the end of a long label are told apart; the metric columns must still fit beside it."""
+    return min(600, 60 + 6 * len("Group: ") + 6 * max(map(len, configs), default=30))
+
+
 def _line(uuid: str, metric: str) -> dict:
     line = {"selectedMetricKeys": [metric], "xAxisKey": "step", "scaleType": "linear", "lineSmoothness": 0}
     return {"uuid": uuid, "type": "LINE", "metricKey": metric, **line}
@@ -55,6 +61,11 @@ def _line(uuid: str, metric: str) -> dict:
 
 def link(experiment_id: str, key: str) -> str:
     return f"{UI}/#/experiments/{experiment_id}/runs?viewStateShareKey={key}&workflowType=machine_learning"
+
+
+def run_link(experiment_id: str, run_id: str) -> str:
+    """A run's page (a sweep's parent: the comparison is its description)."""
+    return f"{UI}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def for_sweep(mlflow_client, comp, parent_id: str, experiment_id: str) -> str:
