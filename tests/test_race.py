@@ -121,7 +121,7 @@ def test_a_race_as_users_type_it(tmp_path):
         parent.data.params["race.looks"] == "3 5 8 13 20" and parent.data.params["compare.margin"] == "0.005"
     )
     client = store(tmp_path)
-    rounds = client.get_metric_history(parent.info.run_id, "race/configurations")
+    rounds = client.get_metric_history(parent.info.run_id, "race_configurations")
     assert [m.step for m in rounds] == list(range(1, len(rounds) + 1))
     seeds = {r.data.params["seed"] for r in jobs}
     assert seeds >= {"0", "1", "2"} and all(r.info.status == "FINISHED" for r in jobs)

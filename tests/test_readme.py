@@ -7,6 +7,7 @@ below, or a reason to skip, the day it is written: `test_every_readme_command_ha
 until it has one.
 """
 
+import json
 import os
 import re
 import shlex
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import ROOT, all_runs, small, store
 from test_lifecycle import SLOW
@@ -172,6 +174,24 @@ def readme_commands() -> list[tuple[str, str]]:
     return found
 
 
+def readme_python() -> list[tuple[str, str]]:
+    """(section, code) for every ```python block of the README, dedented (they sit in list items)."""
+    found, section, block = [], "", None
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if block is None:
+            if line.startswith("#"):
+                section = line.lstrip("#").strip()
+            elif line.strip() == "```python":
+                block, indent = [], len(line) - len(line.lstrip())
+            continue
+        if line.strip() == "```":
+            found.append((section, "\n".join(block)))
+            block = None
+            continue
+        block.append(line[indent:])
+    return found
+
+
 def test_every_readme_command_has_a_promise():
     commands = readme_commands()
     assert "python run.py model=cnn3 -m activation=relu,tanh" in [c for _, c in commands]  # the card's
@@ -229,7 +249,7 @@ def _first_epoch_done(tmp: Path, before: set[str]) -> str | None:
 
 def sections() -> list[str]:
     seen = []
-    for section, command in readme_commands():
+    for section, command in readme_commands() + readme_python():
         if (section, command) not in SKIPS and section not in seen:
             seen.append(section)
     return seen
@@ -286,7 +306,7 @@ def run_section(section: str, tmp_path: Path) -> None:
         assert {r.info.status for r in new} <= {"FINISHED"}, command
         if promise.raced:  # the race decides how many: its record says, and every round ran
             (parent,) = parents
-            runs_so_far = store(tmp_path).get_metric_history(parent.info.run_id, "race/runs")
+            runs_so_far = store(tmp_path).get_metric_history(parent.info.run_id, "race_runs")
             assert len(jobs) == max(m.value for m in runs_so_far) >= 3 * len(set(promise.names)), command
             assert {re.sub(r"-s\d+$", "", r.info.run_name) for r in jobs} == set(promise.names), command
             assert parent.data.tags["race.stopped"] in ("all resolved", "race.max_seeds=5 reached"), command
@@ -308,3 +328,48 @@ def run_section(section: str, tmp_path: Path) -> None:
         if promise.resumes:
             (run,) = [r for r in runs if r.info.run_id == resumed]
             assert run.info.status == "FINISHED" and run.data.tags["archbench.resumed"] == "1", command
+    for code in [c for s, c in readme_python() if s == section]:  # after the commands, on their runs
+        run_python(code, tmp_path, env)
+
+
+def run_python(code: str, tmp_path: Path, env: dict) -> None:
+    """A README python block as a user runs it in the project folder, with `images` their own: here the
+    latest job run's test images (synthetic: made again from the run's dataset params). Its predictions
+    must give the run's test accuracy."""
+    from archbench.data import SyntheticSource
+
+    latest = max(
+        (r for r in all_runs(tmp_path) if "configuration" in r.data.tags), key=lambda r: r.info.start_time
+    )
+    p = latest.data.params
+    assert p["dataset"] == "synthetic", "the README test's runs are shrunk to synthetic data"
+    shape, sizes = (
+        json.loads(p["dataset.input_shape"]),
+        (int(p["dataset.train_size"]), int(p["dataset.test_size"])),
+    )
+    source = SyntheticSource(
+        "synthetic",
+        shape,
+        int(p["dataset.num_classes"]),
+        *sizes,
+        float(p["dataset.noise"]),
+        int(p["dataset.seed"]),
+    )
+    raw = source.load(tmp_path)
+    torch.save({"images": raw["x_test"], "labels": raw["y_test"]}, tmp_path / "images.pt")
+    given = "import torch\ngiven = torch.load('images.pt')\nimages = given['images']\n"
+    check = "\nprint((predicted == given['labels']).sum().item() / len(given['labels']))\n"
+    done = subprocess.run(
+        [sys.executable, "-c", given + code + check],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, f"{code}\n{done.stderr[-3000:]}"
+    accuracy = float(done.stdout.split()[-1])
+    assert accuracy == pytest.approx(latest.data.metrics["test_accuracy"], abs=1e-9), (
+        code,
+        latest.info.run_name,
+    )

@@ -14,6 +14,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.expected_conditions import element_to_be_clickable
 from selenium.webdriver.support.ui import WebDriverWait
 
+from archbench.compare import report
 from archbench.tracking import views
 from conftest import all_runs, free_port, run_py, stop_group, wait_for_health
 
@@ -35,7 +36,14 @@ CHROME_ARGS = (
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """The store after a two-configuration sweep over two seeds, and the two links it printed."""
+    """The store after a two-configuration sweep over two seeds, and the two links it printed.
+
+    ARCHBENCH_UI_STORE=sqlite:///… runs the same tests on the latest sweep of a real store instead:
+    how the README's screenshots are made (the PNGs land in the tests' temporary folders).
+    """
+    real = os.environ.get("ARCHBENCH_UI_STORE")
+    if real:
+        return latest_sweep(real)
     tmp_path = tmp_path_factory.mktemp("sweep")
     result = run_py(tmp_path, "-m", "activation=relu,tanh", "seeds=2", "dataset.train_size=500")
     assert result.returncode == 0, result.stderr
@@ -47,14 +55,20 @@ def sweep(tmp_path_factory):
     ]
     (view,) = re.findall(r"in the MLflow UI \(make ui\): (\S+)", result.stdout)
     (page,) = re.findall(r"the comparison: (\S+)", result.stdout)
-    return SimpleNamespace(
-        uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db",
-        experiment_id=parent.info.experiment_id,
-        parent=parent,
-        children=children,
-        view=view,
-        page=page,
-    )
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    return SimpleNamespace(uri=uri, parent=parent, children=children, view=view, page=page, store=None)
+
+
+def latest_sweep(uri: str) -> SimpleNamespace:
+    """The latest sweep of a store, with the links `make compare` prints for it (saving its view)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    comp, parent_id, experiment = report.find(client, None, None)
+    parent = client.get_run(parent_id)
+    children = [client.get_run(i) for i in comp.runs.run_id[comp.runs.status == "FINISHED"]]
+    view, page = views.for_sweep(client, comp, parent_id, experiment), views.run_link(experiment, parent_id)
+    return SimpleNamespace(uri=uri, parent=parent, children=children, view=view, page=page, store=comp)
 
 
 @pytest.fixture(scope="module")
@@ -177,15 +191,18 @@ def test_a_run_opens_on_its_learning_curves(browser, sweep, ui, tmp_path):
 
 
 def test_the_parent_page_shows_the_comparison(browser, sweep, ui, tmp_path):
+    note = sweep.parent.data.tags["mlflow.note.content"]
+    title = note.splitlines()[0].strip("*")  # "sweep-…: synthetic, 1 epoch(s), 2 seeds per configuration"
+    labels = re.findall(r"^- \*\*(.+?)\*\*: ", note, flags=re.M)  # the verdicts, a line each
+    assert len(labels) == len({r.data.tags["configuration"] for r in sweep.children}) >= 2
     browser.get(served(sweep.page, ui))
     try:
-        body_shows(browser, ["Description", "synthetic, 1 epoch(s), 2 seeds per configuration"])
+        body_shows(browser, ["Description", title])
         model_training_view(browser)
         for more in browser.find_elements(By.CSS_SELECTOR, "[data-testid=show-comment-toggle]"):
             browser.execute_script("arguments[0].scrollIntoView(); arguments[0].click();", more)
-        labels = [r.data.tags["activation"] for r in sweep.children]
-        body_shows(browser, [f"activation={a}" for a in labels] + ["vs best [simultaneous 95%]", "verdict"])
-        rows = [line for line in body(browser).splitlines() if re.match(r"[12] +activation=", line)]
-        assert len(rows) == 2 and all(re.search(r"\b0\.\d{4}\b", r) for r in rows), rows  # the table, aligned
+        body_shows(browser, [*labels, "vs best [simultaneous 95%]", "verdict"])
+        rows = [line for line in body(browser).splitlines() if re.match(r"\d+ +\S+=", line)]
+        assert len(rows) == len(labels) and all(re.search(r"\b0\.\d{4}\b", r) for r in rows), rows  # aligned
     finally:
         browser.save_screenshot(str(tmp_path / "parent-run.png"))
