@@ -6,7 +6,6 @@ constructor's own arguments.
 """
 
 import sys
-import textwrap
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from archbench import app, fits
 from archbench.tracking.logged_model import _tracking_uri
 from archbench.train import Trainer
 from conftest import all_runs, compose_job, run_py, store
+from test_readme import readme_files
 
 MODULE = "archbench_test_nets"
 NETS = '''
@@ -71,17 +71,8 @@ CONFIGS = {
     "extra_key": f"_target_: {MODULE}.LeNet\ninput_shape: ${{dataset.input_shape}}\n",
     "missing": "_target_: nowhere_to_be_found.Net\n",
     "not_a_module": "_target_: builtins.dict\n",
-    # torchvision's ResNet-18 as it is, after a 1x1 convolution that gives it the 3 channels its stem takes
-    "resnet18": textwrap.dedent("""\
-        _target_: torch.nn.Sequential
-        _args_:
-          - _target_: torch.nn.Conv2d
-            in_channels: ${dataset.input_shape[0]}
-            out_channels: 3
-            kernel_size: 1
-          - _target_: torchvision.models.resnet18
-            num_classes: ${dataset.num_classes}
-        """),
+    # torchvision's ResNet-18 after a 1x1 convolution to its 3 channels, as the README shows it
+    "resnet18": readme_files()["~/mywork/conf/model/resnet18.yaml"],
 }
 
 
