@@ -56,7 +56,7 @@ def run_job(cfg: DictConfig) -> float | None:
             OmegaConf.update(cfg, key, off, force_add=True)
     images.settle(cfg.dataset)  # an image folder's classes and image size, where its config leaves them null
     device = configure(cfg)
-    model = fits.build(cfg, cfg.model._target_.rsplit(".", 1)[-1] if cfg.resume else choices()["model"])
+    model = fits.build(cfg, model_name(cfg))
     if cfg.mode == "inspect":
         print(model_summary(model, fits.input_shape(cfg)))  # one sample, as the course shows it
         print(breakdown(model))
@@ -174,6 +174,11 @@ def choices() -> dict[str, str]:
     """The option chosen in every config group, as Hydra recorded it."""
     picked = HydraConfig.get().runtime.choices
     return {group: str(picked.get(group)) for group in GROUPS}
+
+
+def model_name(cfg: DictConfig) -> str:
+    """The model as the command line chose it (`lenet`); a resumed run's, by its constructor's name."""
+    return cfg.model._target_.rsplit(".", 1)[-1] if cfg.resume else choices()["model"]
 
 
 def default_threads() -> int:

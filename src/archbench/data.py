@@ -121,8 +121,8 @@ def cached(
         log.warning("ignoring unreadable cache %s (%s)", cache, e)
     log.info("decoding %s into %s (once; later runs read the cache)", sources[0].parent, cache)
     tensors = decode()
-    name = (lambda p: p.relative_to(root).as_posix()) if root else (lambda p: p.name)  # noqa: E731
-    digests = {split: {name(p): sha256(p) for p in paths} for split, paths in files.items()}
+    key = lambda p: p.relative_to(root).as_posix() if root else p.name  # noqa: E731
+    digests = {split: {key(p): sha256(p) for p in paths} for split, paths in files.items()}
     tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -36,17 +36,15 @@ def input_shape(cfg: DictConfig) -> list[int]:
 def reads(model: DictConfig, group: str) -> bool:
     """Whether a model config (unresolved) interpolates the group: `${activation}` or `${activation.x}`."""
     pattern = re.compile(r"\$\{\s*" + re.escape(group) + r"\s*[}.\[]")
-    found = []
 
-    def walk(node):
+    def strings(node):
         if isinstance(node, dict | list):
             for value in node.values() if isinstance(node, dict) else node:
-                walk(value)
-        elif isinstance(node, str) and pattern.search(node):
-            found.append(node)
+                yield from strings(value)
+        elif isinstance(node, str):
+            yield node
 
-    walk(OmegaConf.to_container(model, resolve=False))
-    return bool(found)
+    return any(pattern.search(s) for s in strings(OmegaConf.to_container(model, resolve=False)))
 
 
 def unused_groups(model: DictConfig) -> set[str]:
