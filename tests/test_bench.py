@@ -53,3 +53,12 @@ def test_record_cost_runs(tmp_path):
     seconds = r"\d+\.\d+ \(\d+\.\d+\)"  # wall (CPU)
     for piece in ("logged model (pt2)", "confusion matrix PNG", "dataset records", "whole run"):
         assert re.search(rf"\| {re.escape(piece)} \| {seconds} \| {seconds} \|", table), piece
+
+
+def test_own_cost_runs(tmp_path):
+    table = bench("own_cost.py", tmp_path, "--train-size", "300", "--images", "40", "--repeats", "1")
+    seconds = r"\d+\.\d+ s"
+    for row in ("built directly", "built by archbench from model=lenet"):
+        assert re.search(rf"\| [^|]*{row}: wall \(CPU\)[^|]* \| {seconds} \({seconds}\) \|", table), row
+    assert re.search(rf"\| once per run: the torch.export trial [^|]* \| {seconds} \|", table)
+    assert re.search(rf"\| the same folder, a later run: the cache, median of 1 \| {seconds} \|", table)

@@ -15,6 +15,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import pytest
 import torch
 
 from conftest import ROOT, all_runs, small, store
+from imagefiles import write_image_folder
 from test_lifecycle import SLOW
 
 pytestmark = pytest.mark.slow
@@ -127,6 +129,24 @@ PROMISES = {
     "python run.py tracking.register=fashion-mlp tracking.system_metrics=true": Promise(
         jobs=1, names=seeded(["mlp-relu-sgd"])
     ),
+    # a module and a config folder of one's own (~/mywork, written from the README's own blocks)
+    "python run.py --config-dir ~/mywork/conf model=lenet mode=inspect": Promise(
+        output=("LeNet", "Total params: 61,706")
+    ),
+    "python run.py --config-dir ~/mywork/conf model=lenet": Promise(
+        jobs=1, names=seeded(["lenet-sgd"]), metrics=RECORD
+    ),
+    # a folder of images (~/mywork/shapes: three classes of generated 32x32 RGB PNGs, made 1x28x28)
+    "python run.py --config-dir ~/mywork/conf -m model=lenet,cnn2 seeds=3 dataset=image_folder "
+    "dataset.root=$HOME/mywork/shapes 'dataset.input_shape=[1,28,28]'": Promise(
+        jobs=6,
+        sweeps=1,
+        names=seeded(["lenet-sgd", "cnn2-relu-sgd"], range(3)),
+        output=("| model=cnn2 |", "| model=lenet |", "image_folder, 1 epoch(s), 3 seeds per configuration"),
+        params=(("dataset.input_shape", "[1, 28, 28]"),),
+        metrics=RECORD | {f"zz_class_accuracy.{c}" for c in ("circle", "square", "triangle")},
+        parent_files=("comparison.md", "comparison.csv"),
+    ),
 }
 
 # Commands that cannot run here, each with the reason; all are covered elsewhere where they can be.
@@ -152,11 +172,23 @@ TRAINING_TARGETS = {"run", "sweep-activations", "sweep-architectures", "search"}
 
 def readme_commands() -> list[tuple[str, str]]:
     """(section, command) for every `python run.py`/`make` line of the README's bash blocks, in order."""
-    found, section, block = [], "", None
+    return [(section, command) for section, command, _ in _readme_lines()]
+
+
+def readme_exports(section: str, command: str) -> dict[str, str]:
+    """The `export NAME=VALUE` lines above `command` in its section, as typed: one shell session per
+    section, as a user would type it."""
+    return next(exports for s, c, exports in _readme_lines() if (s, c) == (section, command))
+
+
+def _readme_lines() -> list[tuple[str, str, dict[str, str]]]:
+    found, section, block, other, exports = [], "", None, False, {}
     for line in (ROOT / "README.md").read_text().splitlines():
         if block is None:
-            if line.startswith("#"):
-                section = line.lstrip("#").strip()
+            if other or (line.strip().startswith("```") and line.strip() != "```bash"):
+                other = not (other and line.strip() == "```")  # a python or yaml block: not headings
+            elif line.startswith("#"):
+                section, exports = line.lstrip("#").strip(), {}
             elif line.strip() == "```bash":
                 block = ""
             continue
@@ -167,9 +199,11 @@ def readme_commands() -> list[tuple[str, str]]:
         if not line.endswith("\\"):
             for part in block.split("&&"):
                 words = shlex.split(part, comments=True)
+                if words[:1] == ["export"] and "=" in words[1]:
+                    exports = {**exports, **dict([words[1].split("=", 1)])}
                 if words[:2] == ["python", "run.py"] or words[:1] == ["make"]:
                     typed = re.sub(r"\s+#.*$", "", part.strip())  # as shown, without its comment
-                    found.append((section, re.sub(r"\s+", " ", typed)))
+                    found.append((section, re.sub(r"\s+", " ", typed), exports))
             block = ""
     return found
 
@@ -185,11 +219,44 @@ def readme_python() -> list[tuple[str, str]]:
                 block, indent = [], len(line) - len(line.lstrip())
             continue
         if line.strip() == "```":
-            found.append((section, "\n".join(block)))
+            if not block[0].startswith("# ~/"):  # a file for the user to write (readme_files), not to run
+                found.append((section, "\n".join(block)))
             block = None
             continue
         block.append(line[indent:])
     return found
+
+
+def readme_files() -> dict[str, str]:
+    """The README's files for a user to write: each code block whose first line is `# ~/path`."""
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"^( *)```(?:python|yaml)\n((?:\1.*\n)*?)\1```$", text, re.M)
+    found = {}
+    for _, body in blocks:
+        body = textwrap.dedent(body)
+        first = body.partition("\n")[0]
+        if first.startswith("# ~/"):
+            found[first[2:].strip()] = body
+    return found
+
+
+def own_work(home: Path) -> None:
+    """What "Your own network and data" asks a user to make in ~/mywork: the README's files, written as
+    shown, and a folder of images (three classes of generated PNGs, 80 + 20 each, another size and
+    mode than the input_shape the README asks for)."""
+    for path, text in readme_files().items():
+        (home / path[2:]).parent.mkdir(parents=True, exist_ok=True)
+        (home / path[2:]).write_text(text)
+    write_image_folder(home / "mywork" / "shapes", per_class=80, test_per_class=20, size=(32, 32), mode="RGB")
+
+
+SETUP = {"Your own network and data": own_work}  # section -> what a user makes before its commands
+
+
+def as_bash(word: str, env: dict[str, str]) -> str:
+    """A word as bash expands it: `~` at its start, and $NAME."""
+    word = env["HOME"] + word[1:] if word == "~" or word.startswith("~/") else word
+    return re.sub(r"\$(\w+)|\$\{(\w+)\}", lambda m: env.get(m.group(1) or m.group(2), ""), word)
 
 
 def test_every_readme_command_has_a_promise():
@@ -203,10 +270,13 @@ def test_every_readme_command_has_a_promise():
 
 
 def shrunk(words: list[str], tmp: Path, n: int) -> list[str]:
-    """The typed command plus what shrinks it: synthetic data, 1 epoch, output under tmp."""
-    shrink = [o for o in small(tmp) if not o.startswith(("tracking.uri=", "hydra.sweep.dir="))] + [
+    """The typed command plus what shrinks it: synthetic data (unless it names a dataset: its own
+    small one), 1 epoch, output under tmp."""
+    own_data = any(w.startswith("dataset=") for w in words)
+    keep = ("tracking.uri=", "hydra.sweep.dir=", *(("dataset=",) if own_data else ()))
+    shrink = [o for o in small(tmp) if not o.startswith(keep)] + [
         f"hydra.sweep.dir={tmp}/outputs/sweep-{n}",
-        "dataset.train_size=500",
+        *(() if own_data else ("dataset.train_size=500",)),
     ]
     if any(w.startswith("+search=") for w in words):
         shrink.append("hydra.sweeper.n_trials=3")
@@ -283,18 +353,27 @@ def run_section(section: str, tmp_path: Path) -> None:
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns/mlflow.db",
     }
+    if section in SETUP:  # a home of its own, like a user's, where the section's files are made
+        env["HOME"] = str(tmp_path / "home")
+        env.update(
+            {f"XDG_{kind}_HOME": str(Path.home() / f".{kind.lower()}") for kind in ("CACHE", "CONFIG")}
+        )
+        SETUP[section](tmp_path / "home")
     commands = [c for s, c in readme_commands() if s == section and (s, c) not in SKIPS]
     for n, command in enumerate(commands):
         promise = PROMISES[command]
-        words = shlex.split(command)
+        exported = {k: as_bash(v, env) for k, v in readme_exports(section, command).items()}
+        exported.pop("MLFLOW_TRACKING_URI", None)  # the store stays this test's own
+        words = [as_bash(w, env) for w in shlex.split(command)]
         resumed = None
         if "resume=<run_id>" in words:
             resumed = killed_run(tmp_path, env)
             words = [w.replace("<run_id>", resumed) for w in words]
         before = {r.info.run_id for r in all_runs(tmp_path)} if (tmp_path / "mlruns").exists() else set()
         done = subprocess.run(
-            shrunk(words, tmp_path, n), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-        )
+            shrunk(words, tmp_path, n), cwd=ROOT, env={**env, **exported}, capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
         assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
         for text in promise.output:
             assert text in done.stdout, f"{command}: {text!r} not in its output:\n{done.stdout[-3000:]}"

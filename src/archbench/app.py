@@ -11,9 +11,9 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from archbench import splits
+from archbench import fits, images, splits
 from archbench.augment import augmentation
-from archbench.config import GROUPS, configuration, validate
+from archbench.config import GROUPS, ConfigError, configuration, validate
 from archbench.debug import CannotOverfit, debug_tag, epoch_batches
 from archbench.stopping import EarlyStopping
 from archbench.summary import breakdown, model_summary, mult_adds, parameter_counts
@@ -54,10 +54,11 @@ def run_job(cfg: DictConfig) -> float | None:
     for key, off in ADDED_KEYS.items():
         if OmegaConf.select(cfg, key, default=KeyError) is KeyError:
             OmegaConf.update(cfg, key, off, force_add=True)
+    images.settle(cfg.dataset)  # an image folder's classes and image size, where its config leaves them null
     device = configure(cfg)
-    model = instantiate(cfg.model)
+    model = fits.build(cfg, model_name(cfg))
     if cfg.mode == "inspect":
-        print(model_summary(model, cfg.model.input_shape))  # one sample, as the course shows it
+        print(model_summary(model, fits.input_shape(cfg)))  # one sample, as the course shows it
         print(breakdown(model))
         return None
     runs.client(cfg.tracking.uri)  # a store that cannot be reached or written fails here, before any data
@@ -100,6 +101,9 @@ def scheduler(node: DictConfig, optimizer: torch.optim.Optimizer, **runtime):
 def configure(cfg: DictConfig) -> torch.device:
     """Validate, then set what is process-wide: threads, determinism, the seed."""
     device = validate(cfg)
+    refused = fits.ignored(cfg.model, cfg.loss, job_overrides(), choices())
+    if refused:
+        raise ConfigError(refused)
     threads = cfg.train.threads or default_threads()
     with open_dict(cfg):
         cfg.train.threads = threads  # logged as used: the thread count changes float results
@@ -116,7 +120,8 @@ def configure(cfg: DictConfig) -> torch.device:
 def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict | None) -> float:
     """Train inside one MLflow run: metrics and a checkpoint per epoch, the final figures at the end."""
     counts = parameter_counts(trainer.module)
-    picked = choices()
+    unused = fits.unused_groups(cfg.model)  # a network that takes no activation is not named by one
+    picked = {group: choice for group, choice in choices().items() if group not in unused}
     tags = {
         **picked,
         "device": str(device),
@@ -126,7 +131,7 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
         "configuration": configuration(job_overrides()),  # MLflow's "Group by" gives one group each
         **debug_tag(cfg),
     }
-    name = "-".join(picked[g] for g in ("model", "activation", "optimizer")) + f"-s{cfg.seed}"  # seeds apart
+    name = "-".join(picked[g] for g in ("model", "activation", "optimizer") if g in picked) + f"-s{cfg.seed}"
     logged = runs.params(cfg, picked, device)
     run = runs.open_run(cfg, name, tags, sweep_dir(), resume_id=cfg.resume)
     with run:
@@ -136,7 +141,7 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
             log.info("resuming %s after epoch %d", run.run_id, start - 1)
         else:
             run.log_config(cfg, logged)
-            summary = model_summary(trainer.module, cfg.model.input_shape, cfg.train.batch_size, device)
+            summary = model_summary(trainer.module, fits.input_shape(cfg), cfg.train.batch_size, device)
             run.log_text(summary, "model_summary.txt")
             if data.lineage:
                 records.log_datasets(run, data.lineage)  # the UI's Datasets column
@@ -160,7 +165,7 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
         totals = {
             "params_total": counts["total"],
             "params_trainable": counts["trainable"],
-            "mult_adds": mult_adds(trainer.module, cfg.model.input_shape, device),  # per sample
+            "mult_adds": mult_adds(trainer.module, fits.input_shape(cfg), device),  # per sample
             "train_time_s": round(spent, 3),
             **{k: final[k] for k in ("overfit_accuracy",) if k in final},
         }
@@ -176,6 +181,11 @@ def choices() -> dict[str, str]:
     """The option chosen in every config group, as Hydra recorded it."""
     picked = HydraConfig.get().runtime.choices
     return {group: str(picked.get(group)) for group in GROUPS}
+
+
+def model_name(cfg: DictConfig) -> str:
+    """The model as the command line chose it (`lenet`); a resumed run's, by its constructor's name."""
+    return cfg.model._target_.rsplit(".", 1)[-1] if cfg.resume else choices()["model"]
 
 
 def default_threads() -> int:

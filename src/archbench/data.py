@@ -100,11 +100,14 @@ def read_idx(path: Path) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header).reshape(dims)
 
 
-def cached(cache: Path, files: dict[str, list[Path]], decode) -> tuple[Raw, dict[str, dict[str, str]]]:
+def cached(
+    cache: Path, files: dict[str, list[Path]], decode, root: Path | None = None
+) -> tuple[Raw, dict[str, dict[str, str]]]:
     """`decode()` once; later runs read the tensors back unless a source file changed.
 
     Also returns each split's files' sha256, hashed with the decoding (0.1 s for Fashion-MNIST's
-    30 MB) and cached beside the tensors, so later runs name their data without reading it again.
+    30 MB) and cached beside the tensors, so later runs name their data without reading it again;
+    keyed by file name, or by the path under `root` (an image folder's cat/1.png and dog/1.png).
     """
     sources = [p for paths in files.values() for p in paths]
     stamp = [CACHE_FORMAT] + [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in sources]
@@ -118,7 +121,8 @@ def cached(cache: Path, files: dict[str, list[Path]], decode) -> tuple[Raw, dict
         log.warning("ignoring unreadable cache %s (%s)", cache, e)
     log.info("decoding %s into %s (once; later runs read the cache)", sources[0].parent, cache)
     tensors = decode()
-    digests = {split: {p.name: sha256(p) for p in paths} for split, paths in files.items()}
+    key = lambda p: p.relative_to(root).as_posix() if root else p.name  # noqa: E731
+    digests = {split: {key(p): sha256(p) for p in paths} for split, paths in files.items()}
     tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
