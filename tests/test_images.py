@@ -150,9 +150,10 @@ def test_a_run_on_an_image_folder_records_its_classes(tmp_path):
     write_image_folder(tmp_path / "shapes", per_class=20, test_per_class=5)
     main(compose_job(tmp_path, "dataset=image_folder", f"dataset.root={tmp_path}/shapes", "model=cnn2"))
     (run,) = all_runs(tmp_path)
-    assert run.info.status == "FINISHED" and run.data.params["dataset.classes"] == str(list(SHAPES))
+    assert run.info.status == "FINISHED" and run.data.params["dataset.num_classes"] == str(len(SHAPES))
     assert {f"zz_class_accuracy.{c}" for c in SHAPES} <= set(run.data.metrics)
     (train,) = [d for d in run.inputs.dataset_inputs if d.tags[0].value == "train"]
+    assert json.loads(train.dataset.profile)["classes"] == list(SHAPES)  # found in the folder, in label order
     assert set(json.loads(train.dataset.source)["files"]) == set(SHAPES)
     matrix = store(tmp_path).download_artifacts(run.info.run_id, "confusion_matrix.csv", str(tmp_path))
     assert open(matrix).readline().strip() == "true \\ predicted,circle,square,triangle"

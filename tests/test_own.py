@@ -198,7 +198,7 @@ def test_a_network_that_takes_the_activation_is_swept_over_it(own, tmp_path):
     app.main(job(own, tmp_path, "model=activated", "activation=tanh"))
     (run,) = all_runs(tmp_path)
     assert run.info.run_name == "activated-tanh-sgd-s0" and run.data.tags["activation"] == "tanh"
-    assert run.data.params["model.activation._target_"] == "torch.nn.Tanh"
+    assert run.data.params["activation"] == "tanh"
 
 
 def test_sweep_presets_are_checked_before_any_job(own, tmp_path):
