@@ -85,6 +85,9 @@ class Race:
         except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the record says so, the callback does the rest
             self.stopped = f"interrupted ({e or 'Ctrl-C'})"
             raise
+        except Exception as e:  # the launcher itself failed (a refused submission, say)
+            self.stopped = f"stopped by an error: {type(e).__name__}: {e}"[:500]
+            raise
         finally:
             self._save()
         log.info("race stopped: %s", self.stopped)
