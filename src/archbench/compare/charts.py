@@ -131,7 +131,7 @@ def pareto(comp, path: Path) -> Path:
     ax.set_ylabel(f"{comp.metric_name}: mean with 95% CI")
     ax.spines[["top", "right"]].set_visible(False)
     _legend(plt, ax, extra=[(plt.Line2D([], [], color="black", ls="--"), "front")])
-    fig.suptitle(f"{comp.title}: accuracy, time and size (point area by parameters)", fontsize=10)
+    fig.suptitle(f"{comp.title}\naccuracy against training time; point area by parameters", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -49,9 +49,10 @@ def save(mlflow_client, experiment_id: str, key: str, name: str, where: str, con
 
 
 def _width(configs: list[str]) -> int:
-    """Pixels for "Group: <configuration>" in full (about 6 a character), so that groups that differ
-    only at the end of a long label are told apart; the metric columns must still fit beside it."""
-    return min(600, 60 + 6 * len("Group: ") + 6 * max(map(len, configs), default=30))
+    """Pixels for "Group: <configuration>" in full (about 7 a character, and 100 for the unfold arrow,
+    the colour and the count of seeds), so that groups that differ only at the end of a label are
+    told apart; capped so that the metric columns still fit beside it."""
+    return min(640, 100 + 7 * len("Group: ") + 7 * max(map(len, configs), default=30))
 
 
 def _line(uuid: str, metric: str) -> dict:
