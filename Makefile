@@ -59,21 +59,22 @@ server: install ## a team MLflow server on PostgreSQL: see README "Scaling out"
 bench: install ## epoch speed: textbook loop vs archbench, side by side
 	$(PY) benchmarks/epoch_speed.py $(ARGS)
 
-test-deps: ## Chromium and PostgreSQL for the end-to-end tests (installed when run as root)
+test-deps: ## Chromium, PostgreSQL and Slurm for the end-to-end tests (installed when run as root)
 	@missing=""; command -v chromium >/dev/null && [ -x /usr/bin/chromedriver ] || missing="chromium chromium-driver"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	[ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ] || missing="$$missing slurm-wlm munge"; \
 	if [ -z "$$missing" ]; then echo "test tools: found"; \
 	elif [ -n "$(AS_ROOT)" ]; then \
 	  apt-get install -y -q $$missing >/dev/null || \
 	  (apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null); \
 	  echo "test tools: installed $$missing"; \
-	else echo "missing $$missing: the browser and PostgreSQL tests will skip"; fi
+	else echo "missing $$missing: the browser, PostgreSQL and Slurm tests will skip"; fi
 
 test: install test-deps ## every test, end-to-end ones included (about 12 minutes on 2 cores)
 	$(PY) -m pytest $(ARGS)
 
-test-fast: install ## the quick tests only (no browser, server or real-data sweeps)
-	$(PY) -m pytest -m "not slow and not browser and not postgres" $(ARGS)
+test-fast: install ## the quick tests only (no browser, server, Slurm or real-data sweeps)
+	$(PY) -m pytest -m "not slow and not browser and not postgres and not slurm" $(ARGS)
 
 lint: install ## ruff
 	$(PY) -m ruff check src tests benchmarks run.py

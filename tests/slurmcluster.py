@@ -68,6 +68,11 @@ class Cluster:
                 process.wait()
 
 
+def which(program: str) -> str | None:
+    """Where a Slurm or munge program is: the daemons are in /usr/sbin, which a user's PATH may lack."""
+    return shutil.which(program, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -76,7 +81,7 @@ def free_port() -> int:
 
 def node_line() -> str:
     """This machine as slurmd sees it: `NodeName=vm CPUs=2 ... RealMemory=24105`."""
-    done = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, timeout=30)
+    done = subprocess.run([which("slurmd"), "-C"], capture_output=True, text=True, timeout=30)
     line = next((x for x in done.stdout.splitlines() if x.startswith("NodeName=")), "")
     if not line:
         raise Unavailable(f"slurmd -C did not describe this machine: {done.stdout}{done.stderr}")
@@ -123,7 +128,7 @@ def config(folder: Path, node: str, user: str) -> str:
 
 def start(folder: Path) -> Cluster:
     """munged, slurmctld and slurmd in the foreground, each its own process; returns once the node is idle."""
-    missing = [d for d in (*DAEMONS, "sbatch", "squeue", "sinfo", "scontrol") if not shutil.which(d)]
+    missing = [d for d in (*DAEMONS, "sbatch", "squeue", "sinfo", "scontrol") if not which(d)]
     if missing:
         raise Unavailable(
             f"Slurm not installed ({', '.join(missing)} missing: sudo apt-get install slurm-wlm munge)"
@@ -141,18 +146,11 @@ def start(folder: Path) -> Cluster:
     memory = int(node.split("RealMemory=")[1].split()[0])
     cluster = Cluster(folder, {**os.environ, "SLURM_CONF": str(folder / "slurm.conf")}, cpus, memory)
     commands = {
-        "munged": [
-            "munged",
-            "--foreground",
-            "--force",
-            f"--key-file={key}",
-            f"--socket={folder}/munge.socket",
-            f"--pid-file={folder}/munged.pid",
-            f"--log-file={folder}/munged.log",
-            f"--seed-file={folder}/munged.seed",
-        ],  # fmt: skip
-        "slurmctld": ["slurmctld", "-D", "-i"],  # -i: no state from an earlier run (there is none)
-        "slurmd": ["slurmd", "-D", "-N", node.split()[0].removeprefix("NodeName=")],
+        "munged": [which("munged"), "--foreground", "--force", f"--key-file={key}"]
+        + [f"--{k}={folder}/munge{e}" for k, e in (("socket", ".socket"), ("pid-file", "d.pid"))]
+        + [f"--{k}={folder}/munged.{e}" for k, e in (("log-file", "log"), ("seed-file", "seed"))],
+        "slurmctld": [which("slurmctld"), "-D", "-i"],  # -i: no state from an earlier run (there is none)
+        "slurmd": [which("slurmd"), "-D", "-N", node.split()[0].removeprefix("NodeName=")],
     }
     try:
         for name, command in commands.items():

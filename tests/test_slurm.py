@@ -7,9 +7,12 @@ import sqlite3
 import subprocess
 import sys
 import time
+from subprocess import PIPE, STDOUT
 
 import pytest
+from hydra import compose, initialize
 
+from archbench.slurm import SlurmCheck
 from conftest import ROOT, all_runs, run_py, shrunk, store
 from test_lifecycle import final_metrics, steps
 
@@ -19,12 +22,21 @@ SLURM = ["-m", "hydra/launcher=slurm"]
 SLOW = ["model.hidden_sizes=[1024,1024]", "dataset.train_size=8000"]  # ~1.4 s an epoch on 1 CPU here
 
 
-def start(tmp_path, env: dict, *args: str) -> subprocess.Popen:
-    """`python run.py ARGS` with the small overrides, in the background."""
-    cmd = [sys.executable, "run.py", *shrunk(tmp_path, args)]
-    return subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+@pytest.fixture
+def start():
+    """`python run.py ARGS` with the small overrides, in the background; killed at the end if it runs."""
+    started = []
+
+    def run_in_background(tmp_path, env: dict, *args: str) -> subprocess.Popen:
+        cmd = [sys.executable, "run.py", *shrunk(tmp_path, args)]
+        started.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=PIPE, stderr=STDOUT, text=True))
+        return started[-1]
+
+    yield run_in_background
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def query(tmp_path, sql: str) -> list:
@@ -49,7 +61,9 @@ def job_runs(tmp_path) -> list:
     return [r for r in all_runs(tmp_path) if r.data.tags.get("archbench.sweep") != "parent"]
 
 
-def test_two_configurations_by_two_seeds_are_four_slurm_jobs_and_a_scancel_kills_one(slurm_cluster, tmp_path):
+def test_two_configurations_by_two_seeds_are_four_slurm_jobs_and_a_scancel_kills_one(
+    slurm_cluster, start, tmp_path
+):
     sweep = start(
         tmp_path, slurm_cluster.env, *SLURM, *SLOW, "train.epochs=3", "activation=relu,tanh", "seeds=2"
     )
@@ -103,7 +117,7 @@ def test_two_configurations_by_two_seeds_are_four_slurm_jobs_and_a_scancel_kills
     assert (rows[arm], rows[other]) == ("1 (+1 failed)", "2"), shown.stdout
 
 
-def test_requeue_and_the_time_limit_signal_resume_the_same_run(slurm_cluster, tmp_path):
+def test_requeue_and_the_time_limit_signal_resume_the_same_run(slurm_cluster, start, tmp_path):
     """`scontrol requeue` (as pre-emption does), then USR2 (what Slurm sends signal_delay_s before the
     time limit; submitit checkpoints and requeues): one run, each epoch logged once, and the figures of
     an uninterrupted run with the same seed and thread count (the jobs' 1 CPU)."""
@@ -142,24 +156,36 @@ def test_requeue_and_the_time_limit_signal_resume_the_same_run(slurm_cluster, tm
     assert "this job is timed-out" in log
 
 
+def test_a_request_the_cluster_refuses_is_one_line_naming_the_setting(slurm_cluster, tmp_path):
+    before = set(slurm_cluster.jobs())
+    result = run_py(tmp_path, *SLURM, "device=cuda", env=slurm_cluster.env)  # this node has no GPU
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line == (
+        "error: sbatch refuses the jobs (Invalid generic resource (gres) specification): change "
+        "hydra.launcher.gpus_per_node (now 1); device=cpu needs none; `sinfo -o '%P %c %m %G %l'` shows the "
+        "GPUs; nothing was run"
+    )
+    assert not (tmp_path / "mlruns").exists() and set(slurm_cluster.jobs()) == before
+
+
 @pytest.mark.parametrize(
     "request_, said",
     [
         ("hydra.launcher.partition=gpu", "sbatch refuses the jobs in partition gpu (Invalid partition name "
-         "specified): change hydra.launcher.partition (now gpu)"),
-        ("device=cuda", "(Invalid generic resource (gres) specification): change "
-         "hydra.launcher.gpus_per_node (now 1); device=cpu needs none"),
-        ("hydra.launcher.mem_gb=100000", "change hydra.launcher.mem_gb (now 100000)"),
+         "specified): change hydra.launcher.partition (now gpu); `sinfo -s` lists the partitions"),
+        ("hydra.launcher.mem_gb=100000", "(Requested node configuration is not available): change "
+         "hydra.launcher.mem_gb (now 100000);"),  # Slurm's test says only that no node fits: which request
+        ("hydra.launcher.cpus_per_task=1000", "(More processors requested than permitted): change "
+         "hydra.launcher.cpus_per_task (now 1000)"),
         ("hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=120 must be less than "
          "hydra.launcher.timeout_min=1 minutes"),
     ],
 )  # fmt: skip
-def test_a_request_the_cluster_refuses_is_one_line_naming_the_setting(
-    slurm_cluster, tmp_path, request_, said
-):
-    before = set(slurm_cluster.jobs())
-    result = run_py(tmp_path, *SLURM, request_, env=slurm_cluster.env)
-    assert result.returncode == 1
-    (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("error: ") and said in line and line.endswith("; nothing was run"), line
-    assert not (tmp_path / "mlruns").exists() and set(slurm_cluster.jobs()) == before
+def test_each_refusal_names_its_setting(slurm_cluster, monkeypatch, request_, said):
+    monkeypatch.setenv("SLURM_CONF", slurm_cluster.env["SLURM_CONF"])
+    with initialize(version_base="1.3", config_path="../conf"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", request_], return_hydra_config=True)
+    with pytest.raises(SystemExit) as stopped:
+        SlurmCheck().on_multirun_start(cfg)
+    assert said in str(stopped.value) and str(stopped.value).endswith("; nothing was run")
