@@ -38,26 +38,25 @@ class MlflowSweep(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        picked = config.hydra.runtime.choices
+        preset = next((picked[g] for g in PRESET_GROUPS if picked.get(g)), None)
+        overrides = " ".join(redact_overrides(OmegaConf.to_container(config.hydra.overrides.task)))
         try:
             mlflow_client = client(config.tracking.uri)
-            experiment = experiment_id(mlflow_client, config.tracking.experiment)
-        except Exception as e:  # no job can be tracked: one line, as for a single run
+            run = mlflow_client.create_run(
+                experiment_id(mlflow_client, config.tracking.experiment),
+                run_name=f"sweep-{preset or sweep_dir.parent.name + '-' + sweep_dir.name}",
+                tags={
+                    "archbench.sweep": "parent",
+                    "archbench.sweep_dir": str(sweep_dir.resolve()),
+                    "archbench.overrides": overrides,
+                },
+            )
+        except Exception as e:  # no job can be tracked (no store, no permission): one line, as for a run
             line = store.failure(e, config.tracking.uri)
             if line is None:
                 raise
             raise SystemExit(f"error: {line}") from None
-        picked = config.hydra.runtime.choices
-        preset = next((picked[g] for g in PRESET_GROUPS if picked.get(g)), None)
-        overrides = " ".join(redact_overrides(OmegaConf.to_container(config.hydra.overrides.task)))
-        run = mlflow_client.create_run(
-            experiment,
-            run_name=f"sweep-{preset or sweep_dir.parent.name + '-' + sweep_dir.name}",
-            tags={
-                "archbench.sweep": "parent",
-                "archbench.sweep_dir": str(sweep_dir.resolve()),
-                "archbench.overrides": overrides,
-            },
-        )
         self.parent_id, self.parent_name = run.info.run_id, run.info.run_name
         mlflow_client.log_param(self.parent_id, "sweep.overrides", overrides or "(none)")
         sweep_dir.mkdir(parents=True, exist_ok=True)
