@@ -53,7 +53,7 @@ compare: install ## the latest sweep's comparison table and chart: ARGS="--paren
 ui: install ## the MLflow UI on http://127.0.0.1:5000 (PORT=..., HOST=0.0.0.0 to share it)
 	$(PY) -m mlflow ui --backend-store-uri '$(TRACKING_URI)' --host $(HOST) --port $(PORT)
 
-server: install ## a team MLflow server on PostgreSQL: see README "Scaling out"
+server: install ## a team MLflow server (basic-auth, PostgreSQL); needs ARCHBENCH_ADMIN_PASSWORD: README "Scaling out"
 	$(PY) -m archbench.server --host $(HOST) --port $(PORT) $(ARGS)
 
 bench: install ## epoch speed: textbook loop vs archbench, side by side

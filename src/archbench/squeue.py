@@ -5,6 +5,7 @@ clusters) every poll logs "Bypassing sacct error" three times over (submitit's l
 and Hydra's), and a job that dies without its result file is never seen to end.
 """
 
+import getpass
 import logging
 import subprocess
 
@@ -33,7 +34,8 @@ class QueueWatcher(SlurmInfoWatcher):
             if self.squeue:
                 log.warning("Slurm accounting is off (sacct: %s): job states come from squeue", said)
         # every job of this user, so that no id is unknown (squeue fails on one)
-        return ["squeue", "--me", "--states=all", "--noheader", "-o", "%i|%T|%N"] if self.squeue else command
+        mine = ["squeue", f"--user={getpass.getuser()}", "--states=all", "--noheader", "-o", "%i|%T|%N"]
+        return mine if self.squeue else command
 
     def read_info(self, string) -> dict[str, dict[str, str]]:
         if not self.squeue:
