@@ -375,3 +375,22 @@ def test_tracking_uri_credentials_stay_out_of_runs_files_and_output(server, tmp_
         )
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and secret in p.read_text(errors="replace")]
     assert secret not in result.stdout + result.stderr
+
+
+@pytest.mark.slurm
+def test_slurm_jobs_sign_in_as_the_user_who_submitted_them(server, slurm_cluster, tmp_path, monkeypatch):
+    import mlflow
+
+    env = {**slurm_cluster.env, **signed_in("alice")}  # sbatch hands the jobs the submitter's environment
+    overrides = [*tiny(tmp_path), f"tracking.uri={server.url}", "tracking.experiment=on-slurm"]
+    result = run_py(tmp_path, "-m", "hydra/launcher=slurm", *overrides, small_job=False, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", USERS["alice"])
+    mlflow_client = mlflow.MlflowClient(tracking_uri=server.url)
+    runs = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("on-slurm").experiment_id])
+    (job,) = [r for r in runs if "slurm_job_id" in r.data.tags]
+    assert job.info.status == "FINISHED" and job.info.user_id == "alice"
+    assert (
+        USERS["alice"] not in (tmp_path / "outputs").joinpath("sweep").rglob("*_log.*").__next__().read_text()
+    )
