@@ -1,5 +1,6 @@
 """The MLflow store, reached once per process: created and migrated under one inter-process lock, a
-server that does not answer refused in seconds, and every failure to reach or write it one line.
+server that does not answer or does not let us in refused in seconds, and every failure to reach or
+write it one line.
 
 MLflow creates and migrates a SQLite store on first use without a lock of its own (3.17 locks only
 its job and workspace tables): processes started together on a fresh file raced, and one that lost
@@ -121,7 +122,8 @@ def _open(uri: str, path: Path) -> None:
 
 
 def _probe(uri: str) -> None:
-    """Refuse, within PROBE_S seconds, a server that does not answer its /health page."""
+    """Refuse, within PROBE_S seconds, a server that does not answer its /health page; then, in one
+    request, a server that does not let us in (HTTP 401: MLflow's basic-auth app, no or wrong user)."""
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
