@@ -31,6 +31,11 @@ ADMIN = "admin"
 MLFLOW_OLD_DEFAULT = "password1234"
 # authenticated users may read every experiment, and write only to their own and those they are given
 DEFAULT_PERMISSION = "READ"
+# MLflow's cache of verified sign-ins, per worker. Without it every request hashes the password again
+# (PBKDF2): a 1-epoch synthetic run took 20.0 s against this server, 8.4 s with it, 7.8-8.3 s with no
+# sign-in at all (2-core Xeon, load ~1). A password changed or a user deleted keeps working this long
+# on the workers that did not handle the change.
+AUTH_CACHE_S = 60
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,7 +124,8 @@ def auth_config(database: str) -> Path:
     path = folder / "basic_auth.ini"
     escaped = database.replace("%", "%%")  # configparser's interpolation
     lines = ["[mlflow]", f"default_permission = {DEFAULT_PERMISSION}", f"database_uri = {escaped}"]
-    path.write_text("\n".join([*lines, f"admin_username = {ADMIN}", ""]))
+    lines += [f"admin_username = {ADMIN}", f"auth_cache_ttl_seconds = {AUTH_CACHE_S}"]
+    path.write_text("\n".join([*lines, ""]))
     return path
 
 
