@@ -53,27 +53,28 @@ compare: install ## the latest sweep's comparison table and chart: ARGS="--paren
 ui: install ## the MLflow UI on http://127.0.0.1:5000 (PORT=..., HOST=0.0.0.0 to share it)
 	$(PY) -m mlflow ui --backend-store-uri '$(TRACKING_URI)' --host $(HOST) --port $(PORT)
 
-server: install ## a team MLflow server on PostgreSQL: see README "Scaling out"
+server: install ## a team MLflow server (basic-auth, PostgreSQL); needs ARCHBENCH_ADMIN_PASSWORD: README "Scaling out"
 	$(PY) -m archbench.server --host $(HOST) --port $(PORT) $(ARGS)
 
 bench: install ## epoch speed: textbook loop vs archbench, side by side
 	$(PY) benchmarks/epoch_speed.py $(ARGS)
 
-test-deps: ## Chromium and PostgreSQL for the end-to-end tests (installed when run as root)
+test-deps: ## Chromium, PostgreSQL and Slurm for the end-to-end tests (installed when run as root)
 	@missing=""; command -v chromium >/dev/null && [ -x /usr/bin/chromedriver ] || missing="chromium chromium-driver"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	[ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ] || missing="$$missing slurm-wlm munge"; \
 	if [ -z "$$missing" ]; then echo "test tools: found"; \
 	elif [ -n "$(AS_ROOT)" ]; then \
 	  apt-get install -y -q $$missing >/dev/null || \
 	  (apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null); \
 	  echo "test tools: installed $$missing"; \
-	else echo "missing $$missing: the browser and PostgreSQL tests will skip"; fi
+	else echo "missing $$missing: the browser, PostgreSQL and Slurm tests will skip"; fi
 
 test: install test-deps ## every test, end-to-end ones included (about 12 minutes on 2 cores)
 	$(PY) -m pytest $(ARGS)
 
-test-fast: install ## the quick tests only (no browser, server or real-data sweeps)
-	$(PY) -m pytest -m "not slow and not browser and not postgres" $(ARGS)
+test-fast: install ## the quick tests only (no browser, server, Slurm or real-data sweeps)
+	$(PY) -m pytest -m "not slow and not browser and not postgres and not slurm" $(ARGS)
 
 lint: install ## ruff
 	$(PY) -m ruff check src tests benchmarks run.py

@@ -11,6 +11,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from archbench import slurm  # noqa: F401  (the Slurm preset's ${archbench.gpus:...} resolver)
 from archbench.cli import main_argv
 
 

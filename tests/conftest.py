@@ -101,6 +101,29 @@ def stop_group(process: subprocess.Popen, grace: float = 30) -> None:
         process.wait()
 
 
+def missing(reason: str):
+    """Skip for want of a system tool, or fail where CI installs it (ARCHBENCH_STRICT=1)."""
+    if os.environ.get("ARCHBENCH_STRICT"):
+        pytest.fail(f"{reason}; ARCHBENCH_STRICT is set, so this is a failure")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A one-node Slurm cluster on loopback (tests/slurmcluster.py), started once for the session:
+    its `env` (SLURM_CONF) points sbatch, squeue and the jobs at it."""
+    import slurmcluster
+
+    try:
+        cluster = slurmcluster.start(tmp_path_factory.mktemp("slurm"))
+    except slurmcluster.Unavailable as e:
+        missing(str(e))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture(autouse=True)
 def _quiet_threads(monkeypatch):
     # keep in-process jobs from changing the thread count for the tests that follow

@@ -43,6 +43,7 @@ class Promise:
     parent_files: tuple[str, ...] = ()  # artifacts on the sweep's parent run
     sweep_dir: tuple[str, ...] = ()  # what the sweep's folder holds (a launcher's own records)
     raced: bool = False  # seeds=auto: as many jobs as the race's record says, names among `names`
+    tags: tuple[str, ...] = ()  # tags every added job carries
 
 
 def seeded(names, seeds=(0,)) -> tuple[str, ...]:
@@ -116,6 +117,21 @@ PROMISES = {
     "python run.py -m hydra/launcher=submitit_local activation=relu,tanh": Promise(
         jobs=2, sweeps=1, names=seeded(["mlp-relu-sgd", "mlp-tanh-sgd"]), sweep_dir=(".submitit",)
     ),
+    # on the tests' one-node Slurm cluster (tests/slurmcluster.py), with the preset's defaults
+    "python run.py -m hydra/launcher=slurm activation=relu,tanh": Promise(
+        jobs=2,
+        sweeps=1,
+        names=seeded(["mlp-relu-sgd", "mlp-tanh-sgd"]),
+        sweep_dir=(".submitit",),
+        tags=("slurm_job_id",),
+    ),
+    "python run.py -m hydra/launcher=slurm activation=relu,tanh seeds=auto": Promise(
+        sweeps=1, names=("mlp-relu-sgd", "mlp-tanh-sgd"), raced=True, tags=("slurm_job_id",)
+    ),
+    "python run.py model=cnn3 -m activation=relu,tanh hydra/launcher=slurm hydra.launcher.cpus_per_task=2 "
+    "hydra.launcher.mem_gb=8": Promise(
+        jobs=2, sweeps=1, names=seeded(CARD), params=(("train.threads", "2"),), tags=("slurm_job_id",)
+    ),  # train.threads follows the CPUs asked for
     "python run.py +search=lr_batch model=cnn2 hydra.sweeper.n_trials=30": Promise(jobs=3, sweeps=1),
     "python run.py +search=lr_batch 'activation=choice(relu,tanh,sigmoid)'": Promise(jobs=3, sweeps=1),
     "python run.py model=cnn2 scheduler=onecycle train.epochs=10": Promise(
@@ -156,13 +172,13 @@ SKIPS = {
     ("Running experiments", "make ui"): "serves until stopped; tests/test_ui.py drives the UI in Chromium",
     (
         "Scaling out",
-        "python run.py +experiment=architectures hydra/launcher=slurm hydra.launcher.partition=gpu "
-        "hydra.launcher.timeout_min=60 hydra.launcher.mem_gb=32",
-    ): "needs a SLURM cluster; tests/test_scaling.py composes the preset",
+        "python run.py +experiment=architectures hydra/launcher=slurm device=cuda "
+        "hydra.launcher.partition=gpu hydra.launcher.timeout_min=60",
+    ): "needs a GPU partition; in tests/test_slurm.py the CPU-only node refuses device=cuda's GPU",
     (
         "Scaling out",
-        "make server",
-    ): "needs PostgreSQL at db-host; test_server.py starts one",
+        'make server HOST=0.0.0.0 ARGS="--allowed-hosts mlflow-host:5000"',
+    ): "needs PostgreSQL at db-host; test_server.py starts one, with the basic-auth app",
     ("Scaling out", "make sweep-architectures"): "tracks to the team server at mlflow-host exported above",
     ("Scaling out", "make compare"): "reads the team server at mlflow-host exported above",
 }
@@ -317,41 +333,67 @@ def _first_epoch_done(tmp: Path, before: set[str]) -> str | None:
     return next((run_id for (run_id,) in rows if run_id not in before), None)
 
 
-def sections() -> list[str]:
+SLURM = " (Slurm)"  # a section's commands for a Slurm cluster: a test of their own, on the tests' cluster
+
+
+def part(section: str, command: str) -> str:
+    """The test a command runs in: its section's, or its section's Slurm part."""
+    return section + SLURM if "hydra/launcher=slurm" in command.split() else section
+
+
+def sections() -> list:
     seen = []
     for section, command in readme_commands() + readme_python():
-        if (section, command) not in SKIPS and section not in seen:
-            seen.append(section)
-    return seen
+        if (section, command) not in SKIPS and part(section, command) not in seen:
+            seen.append(part(section, command))
+    return [pytest.param(s, marks=pytest.mark.slurm) if s.endswith(SLURM) else s for s in seen]
 
 
 @pytest.fixture(scope="module")
 def section_runs(request, tmp_path_factory):
     """The selected sections, started two at a time as soon as the first one's test starts: a
     section is mostly single-threaded start-up (Python, Hydra, MLflow), so on 2 cores two of them
-    side by side take little longer than one. Each keeps its own store and folder."""
+    side by side take little longer than one. Each keeps its own store and folder. Slurm parts
+    submit to conftest's one-node cluster; where it cannot start, they skip (or fail, in CI)."""
     wanted = [
         item.callspec.params["section"]
         for item in request.session.items
         if getattr(item, "originalname", None) == "test_readme_commands_do_what_they_promise"
     ]
+    cluster: dict | BaseException = {}
+    if any(s.endswith(SLURM) for s in wanted):
+        try:
+            cluster = {"SLURM_CONF": request.getfixturevalue("slurm_cluster").env["SLURM_CONF"]}
+        except (pytest.skip.Exception, pytest.fail.Exception) as e:
+            cluster = e
     pool = ThreadPoolExecutor(max_workers=2)
-    yield {s: pool.submit(run_section, s, tmp_path_factory.mktemp("readme")) for s in wanted}
+    runs = {}
+    for s in wanted:
+        if not s.endswith(SLURM):
+            runs[s] = pool.submit(run_section, s, tmp_path_factory.mktemp("readme"))
+        elif isinstance(cluster, dict):
+            runs[s] = pool.submit(run_section, s, tmp_path_factory.mktemp("readme"), cluster)
+        else:
+            runs[s] = cluster  # why there is no cluster: the test skips, or fails, with it
+    yield runs
     pool.shutdown(cancel_futures=True)
 
 
 @pytest.mark.parametrize("section", sections())
 def test_readme_commands_do_what_they_promise(section, section_runs):
+    if isinstance(section_runs[section], BaseException):
+        raise section_runs[section]
     section_runs[section].result()  # its assertion, if one failed
 
 
-def run_section(section: str, tmp_path: Path) -> None:
+def run_section(section: str, tmp_path: Path, cluster: dict | None = None) -> None:
     """The section's commands in order, on a fresh store, each checked against its promise."""
     # `python` is the venv's, as after `source .venv/bin/activate`; the store is this test's own
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns/mlflow.db",
+        **(cluster or {}),
     }
     if section in SETUP:  # a home of its own, like a user's, where the section's files are made
         env["HOME"] = str(tmp_path / "home")
@@ -359,10 +401,11 @@ def run_section(section: str, tmp_path: Path) -> None:
             {f"XDG_{kind}_HOME": str(Path.home() / f".{kind.lower()}") for kind in ("CACHE", "CONFIG")}
         )
         SETUP[section](tmp_path / "home")
-    commands = [c for s, c in readme_commands() if s == section and (s, c) not in SKIPS]
+    commands = [c for s, c in readme_commands() if part(s, c) == section and (s, c) not in SKIPS]
     for n, command in enumerate(commands):
         promise = PROMISES[command]
-        exported = {k: as_bash(v, env) for k, v in readme_exports(section, command).items()}
+        typed = readme_exports(section.removesuffix(SLURM), command)  # the README's own section
+        exported = {k: as_bash(v, env) for k, v in typed.items()}
         exported.pop("MLFLOW_TRACKING_URI", None)  # the store stays this test's own
         words = [as_bash(w, env) for w in shlex.split(command)]
         resumed = None
@@ -402,6 +445,8 @@ def run_section(section: str, tmp_path: Path) -> None:
         for parent in parents if promise.parent_files else ():
             files = {a.path for a in store(tmp_path).list_artifacts(parent.info.run_id)}
             assert set(promise.parent_files) <= files, command
+        for tag in promise.tags:
+            assert all(r.data.tags.get(tag) for r in jobs), (command, tag)
         for name in promise.sweep_dir:  # really went through the launcher
             assert (tmp_path / "outputs" / f"sweep-{n}" / name).exists(), command
         if promise.resumes:

@@ -18,17 +18,33 @@ def sweep_runs(tmp_path):
 # submitit_local's sweep is the README's own command under "Scaling out" (tests/test_readme.py)
 
 
-def test_slurm_preset_takes_cluster_settings_from_config():
+def slurm_preset(*overrides: str):
     with initialize(version_base="1.3", config_path="../conf"):
-        cfg = compose(
-            "config",
-            overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.mem_gb=64"],
-            return_hydra_config=True,
-        )
-    launcher = cfg.hydra.launcher
+        cfg = compose("config", overrides=["hydra/launcher=slurm", *overrides], return_hydra_config=True)
+    return cfg.hydra.launcher
+
+
+def test_slurm_preset_takes_cluster_settings_from_config():
+    launcher = slurm_preset("hydra.launcher.partition=gpu", "hydra.launcher.mem_gb=64")
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
-    assert (launcher.partition, launcher.mem_gb, launcher.gpus_per_node) == ("gpu", 64, 1)
-    assert launcher.timeout_min == 120 and launcher.cpus_per_task == 8
+    assert (launcher.partition, launcher.mem_gb, launcher.timeout_min) == ("gpu", 64, 120)
+    # what a small CPU partition takes, unless raised
+    assert (slurm_preset().cpus_per_task, slurm_preset().mem_gb) == (1, 4)
+
+
+@pytest.mark.parametrize(
+    "overrides, gpus",
+    [
+        ((), None),  # device=auto: no GPU unless asked for
+        (("device=cpu",), None),
+        (("device=cuda",), 1),
+        (("device=cuda:1",), 2),  # the second GPU: two of them
+        (("hydra.launcher.gpus_per_node=1",), 1),  # device=auto takes it
+        (("device=cuda", "hydra.launcher.gpus_per_node=4"), 4),
+    ],
+)
+def test_a_slurm_job_asks_for_a_gpu_only_when_the_run_wants_one(overrides, gpus):
+    assert slurm_preset(*overrides).gpus_per_node == gpus
 
 
 def test_validation_split_is_what_a_run_returns(tmp_path):

@@ -37,7 +37,8 @@ def test_stops_after_patience_epochs_and_restores_the_best(tmp_path, monkeypatch
     assert (metrics["test_accuracy"], metrics["val_accuracy"]) == (0.2, 0.6) == (TEST[1], returned)
     history = store(tmp_path).get_metric_history(run.info.run_id, "epoch_time_s")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]
-    assert metrics["train_time_s"] == pytest.approx(sum(m.value for m in history))  # trained, not planned
+    # trained, not planned (each to the ms: their sum within 2.5 ms of the total)
+    assert metrics["train_time_s"] == pytest.approx(sum(m.value for m in history), abs=0.0025)
     # the logged model carries the run's final figures: MLflow links the metrics at its step
     (output,) = run.outputs.model_outputs
     linked = {m.key: m.value for m in store(tmp_path).get_logged_model(output.model_id).metrics}

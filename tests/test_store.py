@@ -3,6 +3,7 @@ SQLite store, a server that does not answer or goes away mid-run, and a store th
 read-only or full. Every failure is one line on stderr and exit code 1, never a traceback."""
 
 import os
+import secrets
 import shutil
 import sqlite3
 import subprocess
@@ -118,13 +119,16 @@ def test_a_server_that_does_not_answer_fails_fast_before_any_data(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_server_restarted_during_a_run_loses_nothing(tmp_path):
+def test_a_server_restarted_during_a_run_loses_nothing(tmp_path, monkeypatch):
     port, folder = free_port(), tmp_path / "server"
     folder.mkdir()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "archbench.server", "--backend-store-uri", f"sqlite:///{folder}/mlflow.db"]
     cmd += ["--artifacts-destination", str(folder / "artifacts"), "--port", str(port), "--workers", "1"]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    password = "admin-" + secrets.token_hex(8)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "ARCHBENCH_ADMIN_PASSWORD": password}
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")  # the job's, and this process's MLflow calls
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
 
     def serve() -> subprocess.Popen:
         log = open(folder / "server.log", "a")

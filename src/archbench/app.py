@@ -11,7 +11,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from archbench import fits, images, splits
+from archbench import fits, images, slurm, splits
 from archbench.augment import augmentation
 from archbench.config import GROUPS, ConfigError, configuration, validate
 from archbench.debug import CannotOverfit, debug_tag, epoch_batches
@@ -36,6 +36,15 @@ def main(cfg: DictConfig) -> float | None:
     """Train and evaluate one configuration; returns the accuracy a sweeper should maximise."""
     try:
         return run_job(cfg)
+    except runs.Terminated as e:  # SIGTERM, or submitit's requeue; the run is KILLED
+        if HydraConfig.get().mode != RunMode.MULTIRUN or not slurm.job_id():
+            raise
+        if slurm.requeued():  # no result for the sweep: the job starts again and resumes its run
+            raise SystemExit(
+                f"Slurm requeued job {slurm.job_id()} ({e}): it resumes when it starts again"
+            ) from None
+        # for good (scancel, its time limit): a failed job's result, so that the sweep goes on
+        raise slurm.Cancelled(f"Slurm job {slurm.job_id()} {e}: scancel, or its time limit") from None
     except CompactHydraException as e:  # our own errors: config, data, divergence, the store
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the job fails, the sweep goes on, and the sweep callback reports it
@@ -50,7 +59,13 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def run_job(cfg: DictConfig) -> float | None:
-    cfg, state = runs.resume_point(cfg) if cfg.resume else (cfg, None)
+    requeued = slurm.restarted() and not cfg.resume
+    if requeued:  # Slurm started this job again (pre-emption, time limit): continue its run, if it had one
+        earlier = runs.job_run(cfg, sweep_dir(), slurm.job_id())
+        if earlier is not None and earlier.info.status == "FINISHED":  # requeued as it ended: it is done
+            return earlier.data.metrics.get("val_accuracy", earlier.data.metrics.get("test_accuracy"))
+        OmegaConf.update(cfg, "resume", earlier.info.run_id if earlier is not None else None)
+    cfg, state = runs.resume_point(cfg, requeued) if cfg.resume else (cfg, None)
     for key, off in ADDED_KEYS.items():
         if OmegaConf.select(cfg, key, default=KeyError) is KeyError:
             OmegaConf.update(cfg, key, off, force_add=True)
@@ -130,6 +145,7 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
         "archbench.overrides": " ".join(job_overrides()),
         "configuration": configuration(job_overrides()),  # MLflow's "Group by" gives one group each
         **debug_tag(cfg),
+        **({runs.SLURM_TAG: slurm.job_id()} if slurm.job_id() else {}),
     }
     name = "-".join(picked[g] for g in ("model", "activation", "optimizer") if g in picked) + f"-s{cfg.seed}"
     logged = runs.params(cfg, picked, device)
@@ -139,7 +155,7 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
         if state is not None:
             start, spent = trainer.restore(state) + 1, state["train_time_s"]
             log.info("resuming %s after epoch %d", run.run_id, start - 1)
-        else:
+        elif not cfg.resume:  # (a requeued job's run without a checkpoint has its record already)
             run.log_config(cfg, logged)
             summary = model_summary(trainer.module, fits.input_shape(cfg), cfg.train.batch_size, device)
             run.log_text(summary, "model_summary.txt")
@@ -150,9 +166,10 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
             nonlocal spent
             spent += metrics["epoch_time_s"]
             metrics["epoch_time_s"] = round(metrics["epoch_time_s"], 3)  # ms: timings vary more than that
-            run.log_metrics(metrics, step=epoch)
-            if cfg.train.checkpoint:
-                run.log_state({**trainer.checkpoint(epoch), "train_time_s": spent})
+            with run.atomic():  # both or neither: a resumed run logs each epoch once
+                run.log_metrics(metrics, step=epoch)
+                if cfg.train.checkpoint:
+                    run.log_state({**trainer.checkpoint(epoch), "train_time_s": spent})
 
         try:
             final = trainer.fit(data, cfg.train.epochs, start_epoch=start, on_epoch_end=on_epoch_end)

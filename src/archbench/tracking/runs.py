@@ -7,6 +7,7 @@ leak from a failed job into the next one that the same process runs.
 """
 
 import logging
+import os
 import re
 import signal
 import tempfile
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 PARENT_FILE = "mlflow_parent_run_id"  # in a sweep's folder: the parent run its jobs attach to
 CHECKPOINT = "checkpoint/last.pt"
 SYSTEM_METRICS_S = 1.0  # seconds between system/... samples: a 5-epoch mlp run lasts ~2 s
+SLURM_TAG = "slurm_job_id"  # a Slurm job's run: the job as squeue and scancel name it
+# submitit's signal to checkpoint and requeue a Slurm job (its JobEnvironment.USR_SIG)
+PREEMPT = signal.Signals["SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")]
 
 
 def redact_overrides(overrides: list[str]) -> list[str]:
@@ -111,7 +115,7 @@ class Run:
         self.client, self.run_id, self.name = mlflow_client, run_id, name
         self.system_metrics = system_metrics  # MLflow's system/... metrics while the run is open
         self._busy = False  # inside a store write that a signal must not cut in half
-        self._pending: str | None = None
+        self._pending: int | None = None  # a signal held back until the write ends
         self._saved_handlers: dict = {}
         self._monitor = None
         self._last_ms = 0  # the last metric timestamp: each batch's is later (see log_metrics)
@@ -180,6 +184,8 @@ class Run:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._saved_handlers[sig] = signal.signal(sig, self._on_signal)
+            if callable(signal.getsignal(PREEMPT)):  # submitit's, in a Slurm job: held back like these
+                self._saved_handlers[PREEMPT] = signal.signal(PREEMPT, self._on_signal)
         if self.system_metrics:  # MLflow's own monitor, on a thread, for this run id (no fluent run)
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
@@ -212,24 +218,33 @@ class Run:
         return False
 
     def _on_signal(self, signum, frame):
-        name = signal.Signals(signum).name
         if self._busy:  # finish the write first, then stop
-            self._pending = name
+            self._pending = signum
             return
-        raise (Terminated if signum == signal.SIGTERM else KeyboardInterrupt)(f"stopped by {name}")
+        self._stop(signum, frame)
+
+    def _stop(self, signum: int, frame=None) -> None:
+        name = signal.Signals(signum).name
+        if signum != PREEMPT:
+            raise (Terminated if signum == signal.SIGTERM else KeyboardInterrupt)(f"stopped by {name}")
+        try:  # submitit's handler: it checkpoints, has Slurm requeue the job, and exits
+            self._saved_handlers[signum](signum, frame)
+        except SystemExit:
+            raise Terminated(f"requeued by Slurm at {name} (time limit or pre-emption)") from None
 
     @contextmanager
     def atomic(self):
-        """A store write that Ctrl-C or SIGTERM must not cut in half: the signal waits for its end."""
-        self._busy = True
+        """A store write that Ctrl-C, SIGTERM or a requeue must not cut in half: the signal waits for
+        its end (the outermost one's, where they nest)."""
+        outer, self._busy = not self._busy, True
         try:
             yield
         finally:
-            self._busy = False
-        if self._pending:
-            raise (Terminated if self._pending == "SIGTERM" else KeyboardInterrupt)(
-                f"stopped by {self._pending}"
-            )
+            if outer:
+                self._busy = False
+        if outer and self._pending:
+            signum, self._pending = self._pending, None
+            self._stop(signum)
 
 
 def open_run(cfg: DictConfig, name: str, tags: dict, sweep_dir: Path | None, resume_id=None) -> Run:
@@ -245,8 +260,24 @@ def open_run(cfg: DictConfig, name: str, tags: dict, sweep_dir: Path | None, res
     return run
 
 
-def resume_point(cfg: DictConfig) -> tuple[DictConfig, dict]:
-    """The config a run was started with (tracking from `cfg`) and its last checkpoint."""
+def job_run(cfg: DictConfig, sweep_dir: Path | None, job: str):
+    """The latest run of Slurm job `job` in this sweep (an MLflow Run), or None: what a job that Slurm
+    requeued and started again continues."""
+    mlflow_client = client(cfg.tracking.uri)
+    experiment = mlflow_client.get_experiment_by_name(cfg.tracking.experiment)
+    parent = sweep_dir / PARENT_FILE if sweep_dir else None
+    if experiment is None or parent is None or not parent.is_file():
+        return None
+    where = f"tags.{SLURM_TAG} = '{job}' and tags.mlflow.parentRunId = '{parent.read_text().strip()}'"
+    found = mlflow_client.search_runs(
+        [experiment.experiment_id], where, max_results=1, order_by=["attributes.start_time DESC"]
+    )
+    return found[0] if found else None
+
+
+def resume_point(cfg: DictConfig, requeued: bool = False) -> tuple[DictConfig, dict | None]:
+    """The config a run was started with (tracking from `cfg`) and its last checkpoint; a requeued
+    Slurm job's run that had no checkpoint yet starts again from its first epoch (None)."""
     from mlflow.exceptions import MlflowException
 
     from archbench.config import ConfigError
@@ -260,15 +291,21 @@ def resume_point(cfg: DictConfig) -> tuple[DictConfig, dict]:
     if info.status == "FINISHED":
         raise ConfigError(f"{where}: that run already finished; nothing to resume")
     run = Run(mlflow_client, cfg.resume)
+    missing = ConfigError(
+        f"{where}: the run has no checkpoint (it stopped before its first epoch ended, or ran "
+        "with train.checkpoint=false); start it anew"
+    )
     try:
         with tempfile.TemporaryDirectory() as tmp:
             logged = OmegaConf.load(mlflow_client.download_artifacts(cfg.resume, "config.yaml", tmp))
+    except (MlflowException, OSError) as e:
+        raise missing from e
+    try:
         state = run.load_state()
     except (MlflowException, OSError) as e:
-        raise ConfigError(
-            f"{where}: the run has no checkpoint (it stopped before its first epoch ended, or ran "
-            "with train.checkpoint=false); start it anew"
-        ) from e
+        if not requeued:
+            raise missing from e
+        state = None  # a requeued Slurm job stopped before its first epoch ended: it starts again
     logged.tracking = cfg.tracking
     logged.resume = cfg.resume
     logged.seeds = 1  # the run was one seed of its sweep (seeds: 5 in a preset); resumed, it is one run

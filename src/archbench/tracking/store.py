@@ -1,5 +1,6 @@
 """The MLflow store, reached once per process: created and migrated under one inter-process lock, a
-server that does not answer refused in seconds, and every failure to reach or write it one line.
+server that does not answer or does not let us in refused in seconds, and every failure to reach or
+write it one line.
 
 MLflow creates and migrates a SQLite store on first use without a lock of its own (3.17 locks only
 its job and workspace tables): processes started together on a fresh file raced, and one that lost
@@ -11,6 +12,7 @@ database schema"): archbench copies it to mlflow.db.<revision>.bak and upgrades 
 import errno
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -120,7 +122,8 @@ def _open(uri: str, path: Path) -> None:
 
 
 def _probe(uri: str) -> None:
-    """Refuse, within PROBE_S seconds, a server that does not answer its /health page."""
+    """Refuse, within PROBE_S seconds, a server that does not answer its /health page; then, in one
+    request, a server that does not let us in (HTTP 401: MLflow's basic-auth app, no or wrong user)."""
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
@@ -132,16 +135,36 @@ def _probe(uri: str) -> None:
                 timeout=max(0.5, deadline - time.monotonic()), raise_on_status=False,
             )  # fmt: skip
             if response.status_code not in (502, 503, 504):  # a proxy whose server is down
-                return
+                break
             reason = f"HTTP {response.status_code}"
         except Exception as e:
             reason = _reason(e)
         if time.monotonic() + 0.5 >= deadline:
-            break
+            raise StoreError(
+                f"tracking.uri={redact(uri)} does not answer ({reason} at /health, {PROBE_S} s): start the "
+                "server (make server) or check the address; nothing was run"
+            )
         time.sleep(0.5)  # a server still binding its port refuses for a moment
-    raise StoreError(
-        f"tracking.uri={redact(uri)} does not answer ({reason} at /health, {PROBE_S} s): start the server "
-        "(make server) or check the address; nothing was run"
+    # /health is open to all: one search, as the runs will ask, says whether the server lets us in
+    response = http_request(
+        get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search", "POST", max_retries=0,
+        timeout=PROBE_S * 5, json={"max_results": 1}, raise_on_status=False,
+    )  # fmt: skip
+    if response.status_code == 401:
+        raise StoreError(signed_out(uri) + "; nothing was run")
+
+
+def signed_out(uri: str) -> str:
+    """The server asks who we are (HTTP 401): which of MLflow's variables to set, never their values."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if not user or not os.environ.get("MLFLOW_TRACKING_PASSWORD"):
+        return (
+            f"tracking.uri={redact(uri)} lets in only its users (HTTP 401): set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD to yours (the server's admin adds users)"
+        )
+    return (
+        f"tracking.uri={redact(uri)} refuses user {user!r} (HTTP 401: no such user, or a wrong password): "
+        "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
     )
 
 
@@ -195,6 +218,17 @@ def failure(error: BaseException, uri: str) -> str | None:
         return (
             f"no space left for the MLflow store {where}{at} ({_detail(chain)}): free space there, or set "
             "tracking.uri to a store on another disk; resume=<run_id> continues a run this stopped"
+        )
+    status = next((e.get_http_status_code() for e in chain if isinstance(e, MlflowException)), None)
+    if status == 401:
+        return signed_out(uri)
+    if status == 403:
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        endpoint = next(iter(re.findall(r"endpoint (\S+)", text)), "the request")
+        return (
+            f"tracking.uri={redact(uri)} does not let user {user!r} write there (HTTP 403 at {endpoint}): "
+            "ask the experiment's owner or the server's admin for EDIT permission on it, or set "
+            "tracking.experiment to one of your own"
         )
     if uri.startswith(("http://", "https://")) and "api request" in text:
         return (

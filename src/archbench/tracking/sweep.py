@@ -46,28 +46,27 @@ class MlflowSweep(Callback):
                 raise ConfigError("seeds=auto races with archbench's own sweeper; this preset picks another")
         except ConfigError as e:
             raise SystemExit(f"error: {e}") from None
-        try:
-            mlflow_client = client(config.tracking.uri)
-            experiment = experiment_id(mlflow_client, config.tracking.experiment)
-        except Exception as e:  # no job can be tracked: one line, as for a single run
-            line = store.failure(e, config.tracking.uri)
-            if line is None:
-                raise
-            raise SystemExit(f"error: {line}") from None
         picked = config.hydra.runtime.choices
         preset = next((picked[g] for g in PRESET_GROUPS if picked.get(g)), None)
         overrides = " ".join(redact_overrides(task))
         # the parameter shows what was swept: not where its store or data live (as a job's configuration)
         swept = " ".join(o for o in redact_overrides(task) if o.split("=", 1)[0].lstrip("+~") not in SETUP)
-        run = mlflow_client.create_run(
-            experiment,
-            run_name=f"sweep-{preset or sweep_dir.parent.name + '-' + sweep_dir.name}",
-            tags={
-                "archbench.sweep": "parent",
-                "archbench.sweep_dir": str(sweep_dir.resolve()),
-                "archbench.overrides": overrides,
-            },
-        )
+        try:
+            mlflow_client = client(config.tracking.uri)
+            run = mlflow_client.create_run(
+                experiment_id(mlflow_client, config.tracking.experiment),
+                run_name=f"sweep-{preset or sweep_dir.parent.name + '-' + sweep_dir.name}",
+                tags={
+                    "archbench.sweep": "parent",
+                    "archbench.sweep_dir": str(sweep_dir.resolve()),
+                    "archbench.overrides": overrides,
+                },
+            )
+        except Exception as e:  # no job can be tracked (no store, no permission): one line, as for a run
+            line = store.failure(e, config.tracking.uri)
+            if line is None:
+                raise
+            raise SystemExit(f"error: {line}") from None
         self.parent_id, self.parent_name = run.info.run_id, run.info.run_name
         mlflow_client.log_param(self.parent_id, "sweep.overrides", swept or "(none)")
         mlflow_client.log_param(self.parent_id, "compare.margin", config.compare.margin)
