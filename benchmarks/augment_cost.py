@@ -21,6 +21,8 @@ from epoch_speed import MODELS, build, stage_data
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from table import publish  # noqa: E402
+
 from archbench.augment import RandomCropFlip  # noqa: E402
 from archbench.data import IdxSource  # noqa: E402
 from archbench.splits import prepare  # noqa: E402
@@ -101,11 +103,7 @@ def main(argv=None) -> None:
         "|---|---|---|---|---|",
     ]
     lines += [f"| {m} | {p:.3f} | {a:.3f} | {r:.2f}x | {g:.3f} |" for m, p, a, r, g in rows]
-    table = "\n".join(lines) + "\n"
-    print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table)
-    print(f"written to {args.out}", file=sys.stderr)
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ from torch import nn
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from table import publish  # noqa: E402
+
 from archbench.data import IdxSource  # noqa: E402
 from archbench.splits import prepare  # noqa: E402
 from archbench.train import Trainer, keep_freed_memory, place  # noqa: E402
@@ -176,11 +178,7 @@ def main(argv=None) -> None:
         f"| {m} | {t:.2f} | {o:.3f} | {r:.1f}x | {b:.3f} | {f:.2f} | {h:.3f} | {hr:.1f}x |"
         for m, t, o, r, b, f, h, hr in rows
     ]
-    table = "\n".join(lines) + "\n"
-    print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table)
-    print(f"written to {args.out}", file=sys.stderr)
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@
     python benchmarks/own_cost.py --data synthetic --train-size 600 --images 200 --repeats 1
 
 1. An epoch of LeNet-5 built directly (`LeNet(num_classes=10)`) and built by archbench from a model
-   config of its own (`_target_: __main__.LeNet`, as fits.build does for model=lenet): same initial
-   weights, data and batches, trained by archbench's Trainer; one warm-up epoch each, then epochs
-   alternating, median of --repeats. Also what building it adds once per run: the check on a batch
+   config of its own (`_target_: archbench_test_nets.LeNet`, as fits.build does for model=lenet):
+   same initial weights, data and batches, trained by archbench's Trainer; one warm-up epoch each,
+   then epochs alternating, median of --repeats. Also what building it adds once per run: the check on a batch
    of two zeros, and the torch.export trial before its model is logged.
 2. A folder of --images PNGs (4 classes, 64 x 64 RGB, resized to 3 x 32 x 32): the first load
    decodes, hashes and caches them, a later one reads the cache; median of --repeats each.
@@ -30,6 +30,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
+from table import publish  # noqa: E402
+
+import test_own  # noqa: E402  (its user module, as text)
 from archbench import fits, images  # noqa: E402
 from archbench.splits import prepare  # noqa: E402
 from archbench.tracking.logged_model import RawInput, untraceable  # noqa: E402
@@ -37,26 +40,15 @@ from archbench.train import Trainer, keep_freed_memory, place  # noqa: E402
 from imagefiles import shape_image  # noqa: E402
 
 
-class LeNet(nn.Module):
-    """LeNet-5, padded for 28 x 28 input: the README's example."""
+def user_module():
+    """The tests' module of one's own (tests/test_own.py's NETS), imported from a folder on sys.path as
+    a user's is: its LeNet is the README's example."""
+    import importlib
 
-    def __init__(self, num_classes: int = 10):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-        )  # fmt: skip
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(400, 120),
-            nn.ReLU(),
-            nn.Linear(120, 84),
-            nn.ReLU(),
-            nn.Linear(84, num_classes),
-        )
-
-    def forward(self, x):
-        return self.classifier(self.features(x))
+    folder = Path(tempfile.mkdtemp())
+    (folder / f"{test_own.MODULE}.py").write_text(test_own.NETS)
+    sys.path.insert(0, str(folder))
+    return importlib.import_module(test_own.MODULE)
 
 
 def timed(function) -> tuple[float, object]:
@@ -78,7 +70,9 @@ def network_rows(args) -> list[str]:
         overrides.append(f"dataset.train_size={args.train_size}")
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         cfg = compose("config", overrides)
-    cfg.model = OmegaConf.create({"_target_": "__main__.LeNet", "num_classes": "${dataset.num_classes}"})
+    LeNet = user_module().LeNet
+    target = {"_target_": f"{test_own.MODULE}.LeNet", "num_classes": "${dataset.num_classes}"}
+    cfg.model = OmegaConf.create(target)
     data = prepare(instantiate(cfg.dataset).load(ROOT / "data"), torch.device("cpu"), 0.0, 0)
     torch.manual_seed(0)
     direct = LeNet(num_classes=10)
@@ -173,11 +167,7 @@ def main(argv=None) -> None:
         *network_rows(args),
         *folder_rows(args),
     ]
-    table = "\n".join(lines) + "\n"
-    print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table)
-    print(f"written to {args.out}", file=sys.stderr)
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":
