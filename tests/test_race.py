@@ -138,6 +138,7 @@ def test_a_race_as_users_type_it(tmp_path):
     assert all(line in shown.stdout for line in table)
 
 
+@pytest.mark.slow  # several run.py processes: ~13 s
 def test_bad_race_settings_are_one_line_before_anything_runs(tmp_path):
     for args, expected in (
         (["-m", "activation=relu,tanh", "seeds=auto", "seed=1,2"], "seeds=auto picks the seeds itself"),

@@ -194,18 +194,18 @@ def test_each_refusal_names_its_setting(slurm_cluster, monkeypatch, request_, sa
 def test_a_race_runs_its_rounds_as_slurm_jobs(slurm_cluster, tmp_path):
     """seeds=auto through the Slurm launcher: each round one job array, every run tagged with its job,
     and the race's record (rounds, runs, why it stopped) on the parent. A margin of 0.0001 calls nothing
-    equivalent, so two learning rates this close race to race.max_seeds: two rounds."""
+    equivalent, so two learning rates 0.001 apart race to race.max_seeds: two rounds."""
     result = run_py(
-        tmp_path, *SLURM, "optimizer.lr=0.05,0.0501", "seeds=auto", "race.max_seeds=5",
+        tmp_path, *SLURM, "optimizer.lr=0.05,0.051", "seeds=auto", "race.first_seeds=2", "race.max_seeds=3",
         "compare.margin=0.0001", env=slurm_cluster.env, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (parent,) = [r for r in all_runs(tmp_path) if r.data.tags.get("archbench.sweep") == "parent"]
     jobs = job_runs(tmp_path)
     rounds = store(tmp_path).get_metric_history(parent.info.run_id, "race_runs")
-    assert [m.value for m in rounds] == [6, 10] and len(jobs) == 10  # 3 seeds each, then 5
+    assert [m.value for m in rounds] == [4, 6] and len(jobs) == 6  # 2 seeds each, then 3
     arrays = {r.data.tags["slurm_job_id"].split("_")[0] for r in jobs}  # `12_0`: task 0 of array 12
     assert len(arrays) == len(rounds), arrays  # one sbatch array a round
-    assert parent.data.tags["race.stopped"] == "race.max_seeds=5 reached"
+    assert parent.data.tags["race.stopped"] == "race.max_seeds=3 reached"
     assert {r.info.status for r in [parent, *jobs]} == {"FINISHED"}
     assert "race stopped:" in result.stderr + result.stdout

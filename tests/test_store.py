@@ -104,6 +104,7 @@ def test_an_old_store_is_backed_up_then_upgraded(tmp_path):
     assert schema(db.with_name(f"mlflow.db.{OLD_REVISION}.bak"))[0] == OLD_REVISION
 
 
+@pytest.mark.slow  # several run.py processes: ~13 s
 def test_a_server_that_does_not_answer_fails_fast_before_any_data(tmp_path):
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     tic = time.monotonic()
@@ -196,6 +197,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
+@pytest.mark.slow  # several run.py processes: ~13 s
 def test_a_read_only_store_is_one_line(tmp_path, small_disk):
     made = tmp_path / "made" / "mlflow.db"  # made here and copied: files open on the disk block a remount
     store_module.client(f"sqlite:///{made}").search_experiments()
