@@ -70,7 +70,7 @@ test-deps: ## Chromium, PostgreSQL and Slurm for the end-to-end tests (installed
 	  echo "test tools: installed $$missing"; \
 	else echo "missing $$missing: the browser, PostgreSQL and Slurm tests will skip"; fi
 
-test: install test-deps ## every test, end-to-end ones included (about 12 minutes on 2 cores)
+test: install test-deps ## every test, end-to-end ones included (about 18 minutes on 2 cores)
 	$(PY) -m pytest $(ARGS)
 
 test-fast: install ## the quick tests only (no browser, server, Slurm or real-data sweeps)
