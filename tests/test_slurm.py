@@ -150,10 +150,13 @@ def test_requeue_and_the_time_limit_signal_resume_the_same_run(slurm_cluster, st
         1, 2, 3, 4, 5, 6]  # fmt: skip
     (ref,) = all_runs(tmp_path / "reference")
     assert final_metrics(tmp_path, run.info.run_id) == final_metrics(tmp_path / "reference", ref.info.run_id)
-    # the second stop went through submitit's protocol: the launcher's checkpoint(), then its requeue
+    # the second stop went through submitit's protocol: the launcher's checkpoint(), then its requeue,
+    # whose SIGTERM did not cut the handler short (the run's error.txt says how it stopped)
     log = (tmp_path / "outputs" / "sweep" / ".submitit" / job / f"{job}_0_log.out").read_text()
     assert "Calling checkpoint method" in log and f"Requeued job {job}" in log, log[-6000:]
     assert "this job is timed-out" in log
+    error = store(tmp_path).download_artifacts(run.info.run_id, "error.txt", str(tmp_path))
+    assert "Terminated: requeued by Slurm at SIGUSR2 (time limit or pre-emption)" in open(error).read()
 
 
 def test_a_request_the_cluster_refuses_is_one_line_naming_the_setting(slurm_cluster, tmp_path):

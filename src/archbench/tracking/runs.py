@@ -227,10 +227,15 @@ class Run:
         name = signal.Signals(signum).name
         if signum != PREEMPT:
             raise (Terminated if signum == signal.SIGTERM else KeyboardInterrupt)(f"stopped by {name}")
-        try:  # submitit's handler: it checkpoints, has Slurm requeue the job, and exits
+        # submitit's handler: it checkpoints, has Slurm requeue the job, and exits. The requeue makes
+        # Slurm send SIGTERM at once: held, it cannot cut the handler short (and its log lines with it).
+        self._busy = True
+        try:
             self._saved_handlers[signum](signum, frame)
         except SystemExit:
             raise Terminated(f"requeued by Slurm at {name} (time limit or pre-emption)") from None
+        finally:
+            self._busy, self._pending = False, None
 
     @contextmanager
     def atomic(self):
