@@ -48,9 +48,10 @@ class MlflowSweep(Callback):
             raise SystemExit(f"error: {e}") from None
         picked = config.hydra.runtime.choices
         preset = next((picked[g] for g in PRESET_GROUPS if picked.get(g)), None)
-        overrides = " ".join(redact_overrides(task))
+        redacted = redact_overrides(task)
+        overrides = " ".join(redacted)
         # the parameter shows what was swept: not where its store or data live (as a job's configuration)
-        swept = " ".join(o for o in redact_overrides(task) if o.split("=", 1)[0].lstrip("+~") not in SETUP)
+        swept = " ".join(o for o in redacted if o.split("=", 1)[0].lstrip("+~") not in SETUP)
         try:
             mlflow_client = client(config.tracking.uri)
             run = mlflow_client.create_run(
