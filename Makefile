@@ -5,6 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
+# pytest-xdist workers: one per core. A test is mostly single-threaded start-up (Python, torch, MLflow)
+# or a wait on a server, so two side by side on 2 cores take little longer than one. A test file runs
+# on one worker (--dist loadfile), so its module fixtures run once
+WORKERS ?= auto
 HOST ?= 127.0.0.1
 PORT ?= 5000
 TRACKING_URI ?= $(or $(MLFLOW_TRACKING_URI),sqlite:///mlruns/mlflow.db)
@@ -70,11 +74,11 @@ test-deps: ## Chromium, PostgreSQL and Slurm for the end-to-end tests (installed
 	  echo "test tools: installed $$missing"; \
 	else echo "missing $$missing: the browser, PostgreSQL and Slurm tests will skip"; fi
 
-test: install test-deps ## every test, end-to-end ones included (about 18 minutes on 2 cores)
-	$(PY) -m pytest $(ARGS)
+test: install test-deps ## every test, end-to-end ones included (WORKERS=1: one at a time)
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile $(ARGS)
 
 test-fast: install ## the quick tests only (no browser, server, Slurm or real-data sweeps)
-	$(PY) -m pytest -m "not slow and not browser and not postgres and not slurm" $(ARGS)
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile -m "not slow and not browser and not postgres and not slurm" $(ARGS)
 
 lint: install ## ruff
 	$(PY) -m ruff check src tests benchmarks run.py

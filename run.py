@@ -8,11 +8,15 @@ python run.py model=cnn2 mode=inspect
 
 import sys
 
-import hydra
-from omegaconf import DictConfig
+from archbench import cpus
 
-from archbench import slurm  # noqa: F401  (the Slurm preset's ${archbench.gpus:...} resolver)
-from archbench.cli import main_argv
+cpus.prepare_environment()  # before torch loads OpenMP: it reads its wait policy only then
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from archbench import slurm  # noqa: E402, F401  (the Slurm preset's ${archbench.gpus:...} resolver)
+from archbench.cli import main_argv  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from archbench import app
 from archbench.train import Trainer
-from conftest import ROOT, all_runs, compose_job, shrunk, store
+from conftest import ROOT, all_runs, compose_job, patience, shrunk, store
 
 
 def only_run(tmp_path):
@@ -163,7 +163,7 @@ def epochs_logged(db) -> int:
 
 
 def wait_for_epoch(tmp_path, process, timeout=120):
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while time.monotonic() < deadline and process.poll() is None:
         if epochs_logged(tmp_path / "mlruns" / "mlflow.db"):
             return [r for r in all_runs(tmp_path) if steps(tmp_path, r)][0]
@@ -176,7 +176,7 @@ def test_sigterm_marks_killed_and_resume_finishes_it_exactly(tmp_path):
     process = start(tmp_path / "a", *SLOW)
     run = wait_for_epoch(tmp_path / "a", process)
     process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=60)
+    out, err = process.communicate(timeout=patience(60))
     assert process.returncode == 143, err
     assert "interrupted (stopped by SIGTERM)" in err
     killed = store(tmp_path / "a").get_run(run.info.run_id)
@@ -185,8 +185,8 @@ def test_sigterm_marks_killed_and_resume_finishes_it_exactly(tmp_path):
 
     resume = start(tmp_path / "a", f"resume={run.info.run_id}")
     reference = start(tmp_path / "b", *SLOW)  # side by side: both are mostly start-up
-    assert resume.wait(timeout=180) == 0, resume.communicate()
-    assert reference.wait(timeout=180) == 0, reference.communicate()
+    assert resume.wait(timeout=patience(180)) == 0, resume.communicate()
+    assert reference.wait(timeout=patience(180)) == 0, reference.communicate()
     (ref,) = all_runs(tmp_path / "b")
     assert store(tmp_path / "a").get_run(run.info.run_id).info.status == "FINISHED"
     assert steps(tmp_path / "a", run) == [1, 2, 3, 4]
@@ -198,7 +198,7 @@ def test_sigterm_during_a_sweep_closes_parent_and_job(tmp_path):
     process = start(tmp_path, "-m", *SLOW, "activation=relu,tanh")
     wait_for_epoch(tmp_path, process)
     process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=60)
+    _, err = process.communicate(timeout=patience(60))
     assert process.returncode == 143, err
     statuses = {r.info.run_name.split("-")[0]: r.info.status for r in all_runs(tmp_path)}
     assert statuses == {"sweep": "KILLED", "mlp": "KILLED"}

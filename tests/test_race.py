@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from archbench.compare import race
 from archbench.compare.race import Race
-from conftest import ROOT, all_runs, run_py, shrunk, store
+from conftest import ROOT, all_runs, patience, run_py, shrunk, store
 
 
 class ScriptedLauncher:
@@ -161,12 +161,12 @@ def test_sigterm_leaves_a_parent_that_says_so(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "run.py", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + patience(120)
     while epochs_logged(tmp_path) < 2:  # the first job's first two epochs: the race is under way
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=120)
+    _, err = process.communicate(timeout=patience(120))
     assert process.returncode == 143, err[-2000:]
     runs = all_runs(tmp_path)
     (parent,) = [r for r in runs if r.data.tags.get("archbench.sweep") == "parent"]

@@ -13,7 +13,7 @@ import pytest
 from hydra import compose, initialize
 
 from archbench.slurm import SlurmCheck
-from conftest import ROOT, all_runs, run_py, shrunk, store
+from conftest import ROOT, all_runs, patience, run_py, shrunk, store
 from test_lifecycle import final_metrics, steps
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -49,11 +49,13 @@ def query(tmp_path, sql: str) -> list:
 
 
 def wait(condition, process: subprocess.Popen, what: str, cluster, timeout: float = 180) -> None:
+    timeout = patience(timeout)  # a ceiling for the event, scaled to this machine: no speed is asserted
     deadline = time.monotonic() + timeout
     while not condition():
         if process.poll() is not None or time.monotonic() > deadline:
             said = process.communicate()[0][-4000:] if process.poll() is not None else "(still running)"
-            raise AssertionError(f"no {what} in {timeout} s; Slurm's jobs: {cluster.jobs()}; output: {said}")
+            jobs = cluster.jobs()
+            raise AssertionError(f"no {what} in {timeout:.0f} s; Slurm's jobs: {jobs}; output: {said}")
         time.sleep(0.1)
 
 
@@ -71,7 +73,7 @@ def test_two_configurations_by_two_seeds_are_four_slurm_jobs_and_a_scancel_kills
     wait(lambda: query(tmp_path, sql), sweep, "epoch logged", slurm_cluster)
     (cancelled,) = query(tmp_path, sql)[0]
     slurm_cluster.run("scancel", cancelled)  # after its first epoch, while it runs
-    out, _ = sweep.communicate(timeout=300)
+    out, _ = sweep.communicate(timeout=patience(300))
     assert sweep.returncode == 1, out[-4000:]  # a job of the sweep did not finish
 
     (parent,) = [r for r in all_runs(tmp_path) if r.data.tags.get("archbench.sweep") == "parent"]
@@ -140,9 +142,9 @@ def test_requeue_and_the_time_limit_signal_resume_the_same_run(slurm_cluster, st
         slurm_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
         wait(lambda done=done: len(epochs()) > done, sweep, "an epoch after the restart", slurm_cluster)
 
-    out, _ = sweep.communicate(timeout=300)
+    out, _ = sweep.communicate(timeout=patience(300))
     assert sweep.returncode == 0, out[-4000:]
-    assert reference.wait(timeout=300) == 0, reference.communicate()[0][-4000:]
+    assert reference.wait(timeout=patience(300)) == 0, reference.communicate()[0][-4000:]
     (run,) = job_runs(tmp_path)
     assert run.info.status == "FINISHED" and run.data.tags["archbench.resumed"] == "2"
     assert steps(tmp_path, run) == [1, 2, 3, 4, 5, 6]  # every epoch once: none missing, none twice

@@ -88,7 +88,8 @@ def test_parent_run_holds_the_comparison(tmp_path):
     assert (
         parent.data.params["sweep.overrides"]
         == (
-            "activation=relu,tanh,sigmoid seeds=2 dataset.train_size=500 dataset=synthetic train.epochs=1"
+            "activation=relu,tanh,sigmoid seeds=2 dataset.train_size=500 dataset=synthetic train.epochs=1 "
+            "train.threads=1"
         )  # as typed, less the shrunk job's own store, data folder and progress bars
     )
     png = store(tmp_path).download_artifacts(parent.info.run_id, "comparison.png", str(tmp_path))

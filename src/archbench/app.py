@@ -11,7 +11,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from archbench import fits, images, slurm, splits
+from archbench import cpus, fits, images, slurm, splits
 from archbench.augment import augmentation
 from archbench.config import GROUPS, ConfigError, configuration, validate
 from archbench.debug import CannotOverfit, debug_tag, epoch_batches
@@ -56,6 +56,8 @@ def main(cfg: DictConfig) -> float | None:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise store.StoreError(line) from e
         raise SystemExit(f"error: {line}") from None
+    finally:
+        cpus.release()  # the next job of this process (or another sweep's) leases the cores afresh
 
 
 def run_job(cfg: DictConfig) -> float | None:
@@ -119,7 +121,9 @@ def configure(cfg: DictConfig) -> torch.device:
     refused = fits.ignored(cfg.model, cfg.loss, job_overrides(), choices())
     if refused:
         raise ConfigError(refused)
-    threads = cfg.train.threads or default_threads()
+    share, allocated = default_threads()
+    threads, why = cpus.threads_for_job(cfg.train.threads, share, allocated)
+    log.info("%d CPU thread%s (%s)", threads, "s"[: threads > 1], why)
     with open_dict(cfg):
         cfg.train.threads = threads  # logged as used: the thread count changes float results
     torch.set_num_threads(threads)
@@ -205,15 +209,16 @@ def model_name(cfg: DictConfig) -> str:
     return cfg.model._target_.rsplit(".", 1)[-1] if cfg.resume else choices()["model"]
 
 
-def default_threads() -> int:
-    """The cores this process may use, shared among the jobs a parallel launcher runs at once."""
-    cores = len(os.sched_getaffinity(0))  # on SLURM: the job's allocation
+def default_threads() -> tuple[int, bool]:
+    """The cores this process may use, shared among the jobs a parallel launcher runs at once, and
+    whether a scheduler allocated them to this job alone (submitit's cpus_per_task)."""
+    cores = cpus.usable_cores()  # on SLURM: the job's allocation; in a container: its CPU quota
     launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
     if launcher.get("cpus_per_task"):  # submitit: the CPUs asked for per job
-        return max(1, min(cores, launcher.cpus_per_task))
+        return max(1, min(cores, launcher.cpus_per_task)), True
     jobs = launcher.get("n_jobs") or 1
     jobs = cores if jobs < 0 else jobs  # joblib's -1: one job per core
-    return max(1, cores // jobs)
+    return max(1, cores // jobs), False
 
 
 def job_overrides() -> list[str]:
