@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, all_runs, small, store
+from conftest import ROOT, all_runs, patience, small, store
 from imagefiles import write_image_folder
 from test_lifecycle import SLOW
 
@@ -304,9 +304,9 @@ def test_every_readme_command_has_a_promise():
 
 def shrunk(words: list[str], tmp: Path, n: int) -> list[str]:
     """The typed command plus what shrinks it: synthetic data (unless it names a dataset: its own
-    small one), 1 epoch, output under tmp."""
+    small one), 1 epoch, output under tmp; the thread count as the command gets it (the lease)."""
     own_data = any(w.startswith("dataset=") for w in words)
-    keep = ("tracking.uri=", "hydra.sweep.dir=", *(("dataset=",) if own_data else ()))
+    keep = ("tracking.uri=", "hydra.sweep.dir=", "train.threads=", *(("dataset=",) if own_data else ()))
     shrink = [o for o in small(tmp) if not o.startswith(keep)] + [
         f"hydra.sweep.dir={tmp}/outputs/sweep-{n}",
         *(() if own_data else ("dataset.train_size=500",)),
@@ -330,12 +330,12 @@ def killed_run(tmp: Path, env: dict) -> str:
     before = {r.info.run_id for r in all_runs(tmp)} if (tmp / "mlruns").exists() else set()
     cmd = ["python", "run.py", *SLOW, *small(tmp)]
     process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + patience(120)
     while not (run_id := _first_epoch_done(tmp, before)):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 143
+    assert process.wait(timeout=patience(60)) == 143
     return run_id
 
 
@@ -353,9 +353,21 @@ def _first_epoch_done(tmp: Path, before: set[str]) -> str | None:
 SLURM = " (Slurm)"  # a section's commands for a Slurm cluster: a test of their own, on the tests' cluster
 
 
+# A long section split where its commands need nothing of the ones before (each part gets a fresh
+# store and runs beside the others): the command that starts a part, and the part's name
+SPLITS = {("Running experiments", "python run.py +experiment=architectures"): "Running experiments (presets)"}
+
+
 def part(section: str, command: str) -> str:
-    """The test a command runs in: its section's, or its section's Slurm part."""
-    return section + SLURM if "hydra/launcher=slurm" in command.split() else section
+    """The test a command runs in: its section's (or the part of it that SPLITS starts), or that
+    one's Slurm part."""
+    name = section
+    for s, c in readme_commands():
+        if s == section and (s, c) in SPLITS:
+            name = SPLITS[(s, c)]
+        if (s, c) == (section, command):
+            break
+    return name + SLURM if "hydra/launcher=slurm" in command.split() else name
 
 
 def sections() -> list:
@@ -385,7 +397,8 @@ def section_runs(request, tmp_path_factory):
             cluster = e
     pool = ThreadPoolExecutor(max_workers=2)
     runs = {}
-    for s in wanted:
+    size = lambda s: -sum(part(x, c) == s for x, c in readme_commands())  # noqa: E731
+    for s in sorted(wanted, key=size):  # the longest first: the pair of them ends nearer together
         if not s.endswith(SLURM):
             runs[s] = pool.submit(run_section, s, tmp_path_factory.mktemp("readme"))
         elif isinstance(cluster, dict):
@@ -421,7 +434,8 @@ def run_section(section: str, tmp_path: Path, cluster: dict | None = None) -> No
     commands = [c for s, c in readme_commands() if part(s, c) == section and (s, c) not in SKIPS]
     for n, command in enumerate(commands):
         promise = PROMISES[command]
-        typed = readme_exports(section.removesuffix(SLURM), command)  # the README's own section
+        own = next(s for s, c in readme_commands() if part(s, c) == section and c == command)
+        typed = readme_exports(own, command)  # the README's own section
         exported = {k: as_bash(v, env) for k, v in typed.items()}
         exported.pop("MLFLOW_TRACKING_URI", None)  # the store stays this test's own
         words = [as_bash(w, env) for w in shlex.split(command)]

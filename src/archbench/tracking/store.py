@@ -107,6 +107,8 @@ def _open(uri: str, path: Path) -> None:
     from mlflow.store.db import utils
     from sqlalchemy import create_engine
 
+    if not (path.is_file() and path.stat().st_size):
+        _from_template(path)
     if path.is_file() and path.stat().st_size:
         engine = create_engine(uri)
         try:
@@ -119,6 +121,40 @@ def _open(uri: str, path: Path) -> None:
         finally:
             engine.dispose()
     mlflow.MlflowClient(uri).search_experiments(max_results=1)
+
+
+def _from_template(path: Path) -> None:
+    """A new store as a copy of an empty one that MLflow's own migrations built once for this MLflow
+    version (kept in the user's cache folder). Running the ~70 migrations took 4.0 s of each new
+    store's 7.1 s on a 2-core EPYC; the copy takes milliseconds. The template has no experiment:
+    MLflow adds its Default one when it opens the copy, with this store's own artifact location.
+    Where the template cannot be made or copied (no cache folder, a full or read-only disk), MLflow
+    builds the store itself, as before, and says what it says."""
+    import mlflow
+    from mlflow.store.db import utils
+    from sqlalchemy import create_engine
+
+    try:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "archbench"
+        template = cache / f"empty-store-mlflow-{mlflow.__version__}.db"
+        if not template.is_file():
+            cache.mkdir(parents=True, exist_ok=True)
+            building = template.with_name(f"{template.name}.{os.getpid()}.tmp")
+            engine = create_engine(f"sqlite:///{building}")
+            try:
+                utils._initialize_tables(engine)
+                with engine.begin() as connection:  # MLflow's Default experiment: the copy's own
+                    connection.exec_driver_sql("DELETE FROM experiments")
+            finally:
+                engine.dispose()
+            os.replace(building, template)  # whole or not at all, whoever else builds one meanwhile
+        copying = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        shutil.copyfile(template, copying)
+        os.replace(copying, path)
+    except Exception as e:  # MLflow builds it instead (and names any real problem)
+        log.debug("no store template (%s): MLflow builds %s", e, path)
+        for leftover in path.parent.glob(f"{path.name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
 
 
 def _probe(uri: str) -> None:
