@@ -62,3 +62,12 @@ def test_own_cost_runs(tmp_path):
         assert re.search(rf"\| [^|]*{row}: wall \(CPU\)[^|]* \| {seconds} \({seconds}\) \|", table), row
     assert re.search(rf"\| once per run: the torch.export trial [^|]* \| {seconds} \|", table)
     assert re.search(rf"\| the same folder, a later run: the cache, median of 1 \| {seconds} \|", table)
+
+
+def test_neighbours_runs(tmp_path):
+    table = bench("neighbours.py", tmp_path, "--train-size", "300", "--epochs", "1")
+    cell = r"\d+\.\d+ s \(\d+\.\dx\)"
+    for policy in ("archbench (lease, passive wait)", "old (2 threads each, spin-wait)"):
+        assert re.search(rf"\| {re.escape(policy)} \| \d+\.\d+ s \| {cell}, {cell} \| {cell} \|", table), (
+            table
+        )

@@ -9,9 +9,11 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
+import pandas as pd
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -121,6 +123,21 @@ def test_registering_makes_a_new_version_per_run(runs):
     with torch.inference_mode():
         correct = (model(x).argmax(1) == y).sum().item()
     assert correct / len(y) == pytest.approx(runs.plain.run.data.metrics["test_accuracy"], abs=1e-9)
+
+
+def test_the_test_predictions_are_recorded_one_row_per_example(runs):
+    """What the comparison pairs by example: index, label, predicted; they give the run's accuracy."""
+    from archbench.tracking.records import PREDICTIONS, read_predictions
+
+    run = runs.plain.run  # 50 test images
+    path = Path(store(runs.tmp).download_artifacts(run.info.run_id, PREDICTIONS, str(runs.tmp)))
+    table = pd.read_csv(path)
+    assert list(table.columns) == ["index", "label", "predicted"] and list(table["index"]) == list(range(50))
+    _, labels = raw_test_set(runs.plain, runs.tmp)
+    assert list(table.label) == labels.tolist()
+    correct = read_predictions(path)
+    assert correct.mean() == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-9)
+    assert path.stat().st_size < 2_000  # gzipped: about 2 bytes an example (10,000 rows: ~20 KB)
 
 
 def test_confusion_matrix_and_accuracy_per_class(runs):

@@ -192,7 +192,11 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
         }
         run.log_metrics(totals, step=last)
         # the model (runs:/<id>/model), confusion matrix and accuracy per class
-        records.log_outcome(run, cfg, trainer.module, data, trainer.predict(data.x_test), last, logged)
+        predicted = trainer.predict(data.x_test)
+        records.log_outcome(run, cfg, trainer.module, data, predicted, last, logged)
+    if sweep_dir() is not None:  # for a race, which reads them from the job's folder (compare/race.py)
+        folder = Path(HydraConfig.get().runtime.output_dir)
+        records.write_predictions(folder / records.PREDICTIONS, data.y_test, predicted)
     final.update(totals)
     log.info("%s: %s", run.name, ", ".join(f"{k}={v:.4g}" for k, v in final.items()))
     return final.get("val_accuracy", final["test_accuracy"])

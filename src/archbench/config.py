@@ -257,3 +257,8 @@ def validate_sweep(config: DictConfig, seed_swept: bool) -> None:
         raise ConfigError(f"race.max_seeds must be >= race.first_seeds={first}, got {config.race.max_seeds}")
     _number(config, "race.max_runs", low=1, integer=True, optional=True)
     _number(config, "race.max_minutes", low=0, low_open=True, optional=True)
+    from archbench.compare.verdicts import SPENDING  # numpy and scipy: only for a race
+
+    spending = config.race.get("spending", SPENDING[0])
+    if spending not in SPENDING:
+        raise ConfigError(f"race.spending must be one of {', '.join(SPENDING)}, got {spending!r}")

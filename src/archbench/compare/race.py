@@ -33,8 +33,11 @@ RECORD = "race.json"  # in the sweep folder
 
 
 def plan_of(config: DictConfig) -> Plan:
-    """The race's plan from the config: race.first_seeds growing to race.max_seeds, compare.margin."""
-    return Plan.race(config.race.first_seeds, config.race.max_seeds, margin=config.compare.margin)
+    """The race's plan from the config: race.first_seeds growing to race.max_seeds, compare.margin,
+    race.spending."""
+    race = config.race
+    spending = race.get("spending", Plan.spending)
+    return Plan.race(race.first_seeds, race.max_seeds, margin=config.compare.margin, spending=spending)
 
 
 class Race:
@@ -46,6 +49,7 @@ class Race:
         self.folder = Path(config.hydra.sweep.dir)
         self.values = np.full((1, len(configurations), self.plan.looks[-1]), np.nan)  # score per seed
         self.ran = np.zeros(self.values.shape[1:], bool)  # configuration x seed: launched, finished or not
+        self.correct: dict[tuple[int, int], np.ndarray] = {}  # (configuration, seed): per test example
         self.returns: list[JobReturn] = []
         self.rounds: list[dict] = []
         self.stopped = ""
@@ -67,7 +71,7 @@ class Race:
                     break
                 log.info("race round %d: %d configurations to %d seeds", look + 1, len(playing), seeds)
                 self._launch(batch)
-                outcome = compare(self.values[:, :, :seeds], self.plan, looks=look + 1)
+                outcome = compare(self.values[:, :, :seeds], self.plan, looks=look + 1, test=self._test())
                 self.rounds.append(  # configurations: those still in the race, which this round ran
                     {
                         "round": look + 1,
@@ -105,7 +109,19 @@ class Race:
             self.ran[c, s] = True
             if result.status == JobStatus.COMPLETED and _score(result) is not None:
                 self.values[0, c, s] = _score(result)
+                found = _predictions(result)
+                if found is not None:
+                    self.correct[(c, s)] = found
         self.returns += results
+
+    def _test(self):
+        """The test sample's part of each pair's variance, from the jobs' predictions (stats.test_parts)."""
+        import pandas as pd
+
+        from archbench.compare.stats import test_parts
+
+        table = pd.DataFrame(self.values[0])
+        return test_parts(table, self.correct)
 
     def _save(self) -> None:
         """race.json, replaced atomically: what the callback logs, even after a kill."""
@@ -113,6 +129,7 @@ class Race:
             "looks": list(self.plan.looks),
             "margin": self.plan.margin,
             "alpha": self.plan.alpha,
+            "spending": self.plan.spending,
             "rounds": self.rounds,
             "stopped": self.stopped,
         }
@@ -120,6 +137,17 @@ class Race:
         tmp = self.folder / f"{RECORD}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(record, indent=1))
         os.replace(tmp, self.folder / RECORD)
+
+
+def _predictions(result: JobReturn) -> np.ndarray | None:
+    """A finished job's per-example test predictions, which it left in its own Hydra folder (app.py)."""
+    from archbench.tracking.records import PREDICTIONS, read_predictions
+
+    try:
+        path = Path(result.hydra_cfg.hydra.runtime.output_dir) / PREDICTIONS
+    except Exception:  # a launcher that returns no Hydra config
+        return None
+    return read_predictions(path) if path.is_file() else None
 
 
 def _score(result: JobReturn) -> float | None:

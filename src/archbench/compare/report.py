@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from archbench.compare import charts, stats, table
@@ -102,15 +103,19 @@ class Comparison:
     note: str = ""
 
     @classmethod
-    def of(cls, runs: pd.DataFrame, where: str, note="", margin=MARGIN, race=None) -> "Comparison":
+    def of(
+        cls, runs: pd.DataFrame, where: str, note="", margin=MARGIN, race=None, correct=None
+    ) -> "Comparison":
+        """`correct`: the runs' per-example test predictions (`predictions`), or None: seeds only."""
         done = runs[runs.status == "FINISHED"]
         # every finished run held out a validation split (a search): rank by it; a mix: the test set
         metric = "val_accuracy" if len(done) and done.val_accuracy.notna().all() else "test_accuracy"
-        if race:
-            plan = Plan(tuple(race["looks"]), race["alpha"], race["margin"])
-            summary = stats.summarize(runs, metric, plan, looks=len(race["rounds"]))
+        if race:  # a race recorded before alpha spending split it evenly over its looks
+            spending = race.get("spending", "bonferroni")
+            plan = Plan(tuple(race["looks"]), race["alpha"], race["margin"], spending)
+            summary = stats.summarize(runs, metric, plan, looks=len(race["rounds"]), correct=correct)
         else:
-            summary = stats.summarize(runs, metric, margin=margin)
+            summary = stats.summarize(runs, metric, margin=margin, correct=correct)
         configs = list(summary.configuration)
         shared = set.intersection(*(set(c.split()) for c in configs)) if len(configs) > 1 else set()
         labels = {c: " ".join(o for o in c.split() if o not in shared) or c for c in configs}
@@ -127,6 +132,39 @@ class Comparison:
     @property
     def metric_name(self) -> str:
         return self.metric.replace("_", " ")
+
+
+def predictions(mlflow_client, runs: pd.DataFrame) -> dict[tuple[str, int], np.ndarray]:
+    """(configuration, seed) -> 0/1 per test example, from each finished run's recorded predictions
+    (records.PREDICTIONS); the first run of a seed that ran more than once; none for older runs."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+    bar = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
+    os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"  # a bar per 20 KB file, else
+    try:
+        return _read_predictions(mlflow_client, runs)
+    finally:
+        if bar is None:
+            os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, None)
+        else:
+            os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = bar
+
+
+def _read_predictions(mlflow_client, runs: pd.DataFrame) -> dict:
+    from archbench.tracking.records import PREDICTIONS, read_predictions
+
+    found = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _, run in runs[runs.status == "FINISHED"].sort_values("start_time").iterrows():
+            key = (run.configuration, int(run.seed))
+            if key in found:
+                continue
+            try:
+                path = mlflow_client.download_artifacts(run.run_id, PREDICTIONS, tmp)
+            except Exception:  # a run recorded before predictions were: its seeds alone count
+                continue
+            found[key] = read_predictions(Path(path))
+    return found
 
 
 def histories(mlflow_client, comp: Comparison) -> pd.DataFrame:
@@ -172,7 +210,10 @@ def find(
             "Pooled across sweeps: each pooled look at the same seeds spends the error budget again, "
             "which no interval here accounts for; `seeds=auto` plans its looks."
         )
-        comp = Comparison.of(runs, f"experiment {experiment}", note, margin=margin or MARGIN)
+        comp = Comparison.of(
+            runs, f"experiment {experiment}", note, margin=margin or MARGIN,
+            correct=predictions(mlflow_client, runs),
+        )  # fmt: skip
         return comp, f"experiment-{found.experiment_id}", found.experiment_id
     if parent is None:
         ids = [e.experiment_id for e in mlflow_client.search_experiments()]
@@ -188,7 +229,9 @@ def find(
         raise NothingToCompare(f"sweep {info.run_name} ({parent}) has no job runs")
     logged = float(run.data.params.get("compare.margin", MARGIN))
     raced = race_record(mlflow_client, parent)
-    comp = Comparison.of(runs, info.run_name, margin=margin or logged, race=raced)
+    comp = Comparison.of(
+        runs, info.run_name, margin=margin or logged, race=raced, correct=predictions(mlflow_client, runs)
+    )
     return comp, parent, info.experiment_id
 
 

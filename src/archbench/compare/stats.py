@@ -3,8 +3,10 @@
 n counts distinct seeds: where a seed ran more than once (a sweep over train.threads, a sweep run
 again into the same experiment), its finished runs are averaged into one value first, since two
 runs of one seed differ only in float rounding and are not independent evidence. The verdicts are
-verdicts.py's: simultaneous over the whole table, and over every look of a race. Every statistic
-comes from scipy.stats or statsmodels; pandas does the grouping.
+verdicts.py's: simultaneous over the whole table, and over every look of a race. Where the runs
+recorded their test predictions, each pair's interval also covers the test sample's own noise
+(crossed.py); a configuration with a finished seed that has none falls back to the seeds alone,
+and its row says so. Every statistic comes from scipy.stats or statsmodels; pandas does the grouping.
 """
 
 import bisect
@@ -15,7 +17,8 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.power import TTestIndPower, TTestPower
 
-from archbench.compare.verdicts import EQUIVALENT, FAILED, MARGIN, WORSE, Plan, compare
+from archbench.compare import crossed
+from archbench.compare.verdicts import EQUIVALENT, FAILED, FLOOR, MARGIN, WORSE, Plan, compare
 
 CONFIDENCE = 0.95  # each configuration's own interval of its mean
 POWER = 0.8  # "seeds that would likely settle it": an 80% chance, the usual planning figure
@@ -29,13 +32,50 @@ def per_seed(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     return done.groupby(["configuration", "seed"], sort=False)[metric].agg(value="mean", runs="count")
 
 
+def test_parts(table: pd.DataFrame, correct: dict | None):
+    """The test sample's part of each pair's variance at a look of n seeds, from the runs' per-example
+    predictions: a function of n for verdicts.compare, or None where no run has predictions.
+
+    table: configuration x seed values (NaN: no finished run); correct: (configuration, seed) ->
+    0/1 per test example, for the finished runs that recorded predictions (one array per seed: a
+    seed that ran more than once keeps its first run's).
+    """
+    if not correct:
+        return None
+    configs, seeds = list(table.index), list(table.columns)
+    k = len(configs)
+
+    def at(n: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = []
+        for config in configs:
+            done = [s for s in seeds[:n] if pd.notna(table.at[config, s])]
+            have = [correct.get((config, s)) for s in done]
+            full = bool(done) and all(a is not None for a in have) and len({len(a) for a in have}) == 1
+            rows.append(np.stack(have) if full else None)
+        var, df = np.full((1, k, k), np.nan), np.full((1, k, k), np.nan)
+        for a in range(k):
+            for b in range(a + 1, k):
+                if rows[a] is not None and rows[b] is not None and rows[a].shape[1] == rows[b].shape[1]:
+                    var[0, a, b], df[0, a, b] = crossed.test_variance(rows[a], rows[b])
+                    var[0, b, a], df[0, b, a] = var[0, a, b], df[0, a, b]
+        return var, df
+
+    return at
+
+
 def summarize(
-    runs: pd.DataFrame, metric: str, plan: Plan | None = None, looks: int | None = None, margin=MARGIN
+    runs: pd.DataFrame,
+    metric: str,
+    plan: Plan | None = None,
+    looks: int | None = None,
+    margin=MARGIN,
+    correct: dict | None = None,
 ) -> pd.DataFrame:
     """One row per configuration, the best first, with its verdict; the plan used in `.attrs["plan"]`.
 
     `runs` has a row per run: configuration, seed, status, `metric`, train_time_s, params_total.
     `plan` is the race's (its first `looks` looks were taken); None: one look at every finished seed.
+    `correct`: the runs' per-example test predictions, as `test_parts` takes them.
     """
     values = per_seed(runs, metric)
     configs = list(dict.fromkeys(runs.configuration))
@@ -63,8 +103,15 @@ def summarize(
         )
     summary = pd.DataFrame(rows).set_index("configuration").loc[configs].reset_index()
     plan = plan or Plan((max(1, table.shape[1]),), margin=margin)
-    outcome = compare(table.to_numpy()[None], plan, **({"looks": looks} if looks else {}))
+    test = test_parts(table, correct)
+    outcome = compare(table.to_numpy()[None], plan, **({"looks": looks} if looks else {}), test=test)
     summary = pd.concat([summary, _verdicts(summary, table, outcome, plan)], axis=1)
+    last = test(table.shape[1]) if test else None  # which pairs against the best had a test part
+    # a row's intervals cover the test sample where every pair it is in had predictions on both sides
+    last = test(table.shape[1])[0][0] if test else np.full((len(summary),) * 2, np.nan)
+    np.fill_diagonal(last, 0)
+    covered = np.isfinite(last).all(axis=1) & (len(summary) > 1)
+    summary["sources"] = np.where(covered, "seeds + test sample", "seeds only")
     order = [int(outcome.best[0])] + [i for i in summary["mean"].sort_values(ascending=False).index]
     summary = summary.loc[list(dict.fromkeys(order))].reset_index(drop=True)
     summary["front"] = pareto(summary)
@@ -111,6 +158,11 @@ def _verdicts(summary: pd.DataFrame, table: pd.DataFrame, outcome, plan: Plan) -
             row["verdict"] = f"worse, within ±{plan.margin:g}" if small else "worse"
         elif state == EQUIVALENT:
             row["verdict"] = f"equivalent within ±{plan.margin:g}"
+        elif state == FLOOR:  # more seeds cannot settle it on this test set
+            row["verdict"] = (
+                f"open: this test set cannot settle ±{plan.margin:g} (its own noise "
+                f"±{outcome.floor[0, i]:.4f}); a larger test set can"
+            )
         else:
             gaps = (table.iloc[i] - table.iloc[best]).dropna()
             paired = row["test"] == "paired"

@@ -108,8 +108,14 @@ def _legend(comp) -> list[str]:
     k, looks = len(s), len(plan.looks)
     per_pair = 1 - plan.confidence(0, k)
     family = f"all {k * (k - 1) // 2} pairs" if k > 2 else "the one pair"
+    level = f"each at {100 * (1 - per_pair):.3g}% (Bonferroni: 5% shared among them)"
     if looks > 1:
         family += f" at each of the race's {looks} planned looks ({', '.join(map(str, plan.looks))} seeds)"
+        last = 100 * plan.confidence(looks - 1, k)
+        level = (
+            f"the looks sharing 5% by {plan.spending} alpha spending and the pairs each look's share "
+            f"(Bonferroni): each at {100 * (1 - per_pair):.4g}% at the first look, {last:.4g}% at the last"
+        )
     tests = "paired by seed"
     if not s.test.eq("paired").all():
         tests += " where both ran the same seeds, else Welch's"
@@ -117,8 +123,8 @@ def _legend(comp) -> list[str]:
         f"{comp.metric_name.capitalize()} per configuration over n distinct seeds: mean, sd, 95% t-interval.",
         f"*vs best*: the configuration's mean minus the best mean among the others (the best's row: its lead "
         f"over the runner-up), with an interval that holds for the whole table at once: t-intervals {tests}, "
-        f"for {family}, each at {100 * (1 - per_pair):.3g}% (Bonferroni: 5% shared among them), bounding "
-        "Hsu's comparison with the best.",
+        f"for {family}, {level}, bounding Hsu's comparison with the best.",
+        _sources(comp),
         f"*worse*: another configuration is better. *equivalent*: within ±{plan.margin:g} of the best "
         "(compare.margin). *open: ~K seeds*: neither yet; about K seeds per configuration would likely "
         "settle it (80%)" + ("" if comp.race else ": `seeds=auto` races until it is settled") + ".",
@@ -134,6 +140,25 @@ def _legend(comp) -> list[str]:
         stopped = comp.race["stopped"] or "running"
         lines.append(f"Race: {len(rounds)} round(s) ({seeds} seeds per configuration), stopped: {stopped}.")
     return [f"- {line}" for line in lines]
+
+
+def _sources(comp) -> str:
+    """Which noise the intervals cover: seeds and the test sample, or for some rows, seeds only."""
+    s = comp.summary
+    covered = s.sources.eq("seeds + test sample").all()
+    both = (
+        "the intervals cover seeds and the test sample (each run's per-example test predictions, "
+        "seeds and examples crossed): the verdicts are about the task, not only this test set"
+    )
+    if covered:
+        return f"*Sources*: {both}."
+    only = [comp.labels.get(c, c) for c in s.configuration[s.sources.ne("seeds + test sample")]]
+    return (
+        "*Sources*: seeds only for every row (runs without test predictions): the intervals speak for "
+        "this test set, whose own noise they leave out."
+        if len(only) == len(s)
+        else f"*Sources*: {both}; seeds only for {', '.join(only)} (runs without test predictions)."
+    )
 
 
 def csv_text(comp) -> str:

@@ -3,9 +3,15 @@ verdict held at 5% over every pair of the table and every look a race takes at t
 
 At each look, every pair of configurations gets a t-interval for the difference of their means,
 paired by seed (Welch's where their seed sets differ), at confidence 1 - alpha_look / m for the
-m = k(k-1)/2 pairs (Bonferroni), and the looks split alpha between them by a plan fixed before the
-first (Bonferroni again: the alpha_look sum to alpha). Whatever the true means and spreads, all
-these intervals hold at once with probability >= 1 - alpha, and then every verdict is true:
+m = k(k-1)/2 pairs (Bonferroni). On a fixed test set the interval also covers the test sample's
+own noise (compare/crossed.py: seeds and examples crossed, Satterthwaite's degrees of freedom),
+so that a verdict is about the task, not about these test images. The looks share alpha by an
+alpha-spending plan fixed before the first look (Lan and DeMets, 1983): look l may spend
+f(t_l) - f(t_{l-1}) of it, t being the share of the last look's seeds, with O'Brien-Fleming-type
+f(t) = 2 - 2 Phi(z_{alpha/2} / sqrt(t)) by default; the increments sum to alpha, so the union
+bound still holds over looks without any assumption on how the looks correlate. Whatever the
+true means and spreads, all these intervals hold at once with probability >= 1 - alpha, and then
+every verdict is true:
 
 - *worse*: another configuration's mean is higher (an interval against it lies below 0);
 - *equivalent within +-margin*: mu_i - max_{j != i} mu_j, Hsu's quantity for comparisons with the
@@ -18,6 +24,10 @@ these intervals hold at once with probability >= 1 - alpha, and then every verdi
 Hsu's own MCB intervals need one pooled variance and only k-1 comparisons; all pairs cost more
 seeds but hold with unequal spreads (a CNN's seed-to-seed sd is not an MLP's), and a strict
 "worse" stays false among equals. tests/test_verdicts.py measures both, by simulation.
+
+A configuration still open whose equivalence the test sample alone puts out of reach (the
+interval's half-width with no seed noise left is wider than the margin, and its gap is inside that
+half-width) is at its *floor*: more seeds cannot settle it on this test set, so a race stops it.
 
 Everything here works on arrays of many simulated comparisons at once (the first axis), so the
 simulations run the very code that gives the report its verdicts.
@@ -34,7 +44,8 @@ ALPHA = 0.05  # the family-wise error of a whole comparison or race
 MARGIN = 0.005  # accuracy units: half a point, compare.margin's default
 GROWTH = 1.6  # a race's seeds per configuration grow by this factor each round: 3, 5, 8, 13, 20
 
-OPEN, WORSE, EQUIVALENT, FAILED = 0, 1, 2, 3  # a configuration's state; the best stays OPEN
+OPEN, WORSE, EQUIVALENT, FAILED, FLOOR = 0, 1, 2, 3, 4  # a configuration's state; the best stays OPEN
+SPENDING = ("pocock", "obrien-fleming", "bonferroni")  # how a race's looks share alpha; the first: default
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,7 @@ class Plan:
     looks: tuple[int, ...]
     alpha: float = ALPHA
     margin: float = MARGIN
+    spending: str = "pocock"  # one of SPENDING; "bonferroni" splits alpha evenly (as before)
 
     @classmethod
     def race(cls, first: int, max_seeds: int, **budget) -> "Plan":
@@ -53,9 +65,21 @@ class Plan:
             looks.append(min(max_seeds, max(looks[-1] + 1, math.ceil(looks[-1] * GROWTH))))
         return cls(tuple(looks), **budget)
 
+    def spent(self, look: int) -> float:
+        """The alpha that looks 0..`look` may spend together (Lan-DeMets spending function)."""
+        if look < 0:
+            return 0.0
+        t = self.looks[look] / self.looks[-1]  # information: the share of the last look's seeds
+        if self.spending == "bonferroni" or len(self.looks) == 1:
+            return self.alpha * (look + 1) / len(self.looks)
+        if self.spending == "pocock":
+            return self.alpha * math.log(1 + (math.e - 1) * t)
+        z = stats.norm.isf(self.alpha / 2)
+        return float(2 * stats.norm.sf(z / math.sqrt(t)))
+
     def confidence(self, look: int, k: int) -> float:
-        """Each pair's interval at `look` (0-based): alpha split evenly over the looks and the pairs."""
-        return 1 - self.alpha / len(self.looks) / max(1, k * (k - 1) // 2)
+        """Each pair's interval at `look` (0-based): that look's share of alpha, split over the pairs."""
+        return 1 - (self.spent(look) - self.spent(look - 1)) / max(1, k * (k - 1) // 2)
 
 
 @dataclass
@@ -71,6 +95,7 @@ class Outcome:
     best: np.ndarray  # (draws,): the index of the best configuration
     looks: np.ndarray  # (draws,): looks taken
     paired: np.ndarray  # (draws, k): whether its bounds come from paired intervals only
+    floor: np.ndarray  # (draws, k): the test sample's own half-width against the best; NaN if unknown
 
     @property
     def done(self) -> np.ndarray:
@@ -80,11 +105,13 @@ class Outcome:
         return ((self.state != OPEN) | ~others).all(axis=1)
 
 
-def pairwise(x: np.ndarray, confidence: float) -> tuple[np.ndarray, ...]:
+def pairwise(x: np.ndarray, confidence: float, test=None) -> tuple[np.ndarray, ...]:
     """Differences row - column of mean per-seed values and their t-intervals, for every pair.
 
     x: (draws, k, seeds) values, NaN where a configuration has no value for a seed. Two rows with
     values at the same seeds are paired by seed; otherwise Welch's test on each row's own values.
+    test: None, or (variance, df), each (draws, k, k): the test sample's share of each pair's
+    variance and its df (crossed.test_variance), added to the seeds' part; NaN: seeds only.
     Returns estimate, low, high (each draws x k x k, antisymmetric) and a paired flag.
     """
     draws, k, _ = x.shape
@@ -96,43 +123,55 @@ def pairwise(x: np.ndarray, confidence: float) -> tuple[np.ndarray, ...]:
         d = x[:, rows, :] - x[:, cols, :]  # draws x pairs x seeds
         whole = ~np.isnan(x).any(axis=-1)
         both = whole[:, rows] & whole[:, cols]
-        if both.any():
-            result = stats.ttest_1samp(d, 0, axis=-1)
-            ci = result.confidence_interval(confidence)
-            e, lo, hi = d.mean(axis=-1), ci.low, ci.high
-        else:
-            e, lo, hi = (np.full(d.shape[:2], np.nan) for _ in range(3))
+        n = d.shape[-1]
+        e = d.mean(axis=-1)
+        seed_var = d.var(axis=-1, ddof=1) / n  # what scipy's ttest_1samp takes: the seeds' part
+        seed_df = np.full_like(e, n - 1)
+        if test is not None:
+            test_var = np.asarray(test[0], float)[:, rows, cols]
         for g, p in zip(*np.nonzero(~both), strict=True):  # missing seeds: only real runs get here
-            e[g, p], lo[g, p], hi[g, p], paired[g, rows[p], cols[p]] = _partial(
-                x[g, rows[p]], x[g, cols[p]], confidence
+            e[g, p], seed_var[g, p], seed_df[g, p], paired[g, rows[p], cols[p]] = _partial(
+                x[g, rows[p]], x[g, cols[p]]
             )
+        var = seed_var
+        if test is not None:  # the test part, where the runs' predictions give it
+            var = seed_var + np.where(np.isfinite(test_var), test_var, 0)
+        # t at the seeds' degrees of freedom, the smaller of the two parts' (the test part has
+        # ~examples): Satterthwaite's df would be larger, but at 3 seeds and a Bonferroni-sized alpha
+        # its approximation fails in the tail (simulated: 11-24% false verdicts for 8 equal
+        # configurations); the seeds' df bounds the quantile from above
+        half = stats.t.isf((1 - confidence) / 2, seed_df) * np.sqrt(var)
+        lo, hi = e - half, e + half
     est[:, rows, cols], low[:, rows, cols], high[:, rows, cols] = e, lo, hi
     est[:, cols, rows], low[:, cols, rows], high[:, cols, rows] = -e, -hi, -lo
     paired[:, cols, rows] = paired[:, rows, cols]
     return est, low, high, paired
 
 
-def _partial(a: np.ndarray, b: np.ndarray, confidence: float) -> tuple[float, float, float, bool]:
-    """One pair with seeds missing: paired on the seeds both ran if they ran the same ones, else Welch."""
+def _partial(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, bool]:
+    """One pair with seeds missing: paired on the seeds both ran if they ran the same ones, else
+    Welch's. Returns the difference, its variance from the seeds, their degrees of freedom, paired."""
     same = np.array_equal(np.isnan(a), np.isnan(b))
     a, b = a[~np.isnan(a)], b[~np.isnan(b)]
     if len(a) < 2 or len(b) < 2:
         return math.nan, math.nan, math.nan, same
-    if same and np.ptp(a - b) < 1e-12:  # the same gap on every seed: the interval is the gap
-        gap = float(np.mean(a - b))
-        return gap, gap, gap, True
-    result = stats.ttest_rel(a, b) if same else stats.ttest_ind(a, b, equal_var=False)
-    ci = result.confidence_interval(confidence)
-    return float(np.mean(a) - np.mean(b)), float(ci.low), float(ci.high), same
+    gap = float(np.mean(a) - np.mean(b))
+    if same:
+        return gap, float(np.var(a - b, ddof=1) / len(a)), len(a) - 1, True
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)  # Welch-Satterthwaite
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if va + vb > 0 else math.inf
+    return gap, float(va + vb), float(df), False
 
 
-def compare(x: np.ndarray, plan: Plan, looks: int | None = None) -> Outcome:
+def compare(x: np.ndarray, plan: Plan, looks: int | None = None, test=None) -> Outcome:
     """The verdicts of a comparison (one look) or a race (several), for each of `draws` comparisons.
 
     x: (draws, k, seeds) per-seed values in the order seeds were run; NaN where none finished.
     `looks`: how many of the plan's looks were taken (a race stopped early); all by default. In a
     race, a configuration still in play that lacks one of a look's seeds has failed and leaves the
     race; in a one-look comparison, every finished seed counts.
+    test: the test sample's part of each pair's variance, as `pairwise` takes it, or a function of
+    a look's seeds per configuration that returns it (estimated from those seeds' predictions).
     """
     draws, k, _ = x.shape
     racing = len(plan.looks) > 1
@@ -140,6 +179,7 @@ def compare(x: np.ndarray, plan: Plan, looks: int | None = None) -> Outcome:
     diff, low, high = (np.full((draws, k), np.nan) for _ in range(3))
     seeds = np.zeros((draws, k), int)
     paired_out = np.ones((draws, k), bool)
+    floor_out = np.full((draws, k), np.nan)
     # the latest interval of every pair, from the last look at which both were in play
     est, lo, hi = (np.full((draws, k, k), np.nan) for _ in range(3))
     pair_paired = np.ones((draws, k, k), bool)
@@ -155,7 +195,9 @@ def compare(x: np.ndarray, plan: Plan, looks: int | None = None) -> Outcome:
         playing = going[:, None] & (state == OPEN) & (finished >= 1)
         if not playing.any():
             break
-        e, l_, h, p = pairwise(part, plan.confidence(look, k))
+        at_look = test(n) if callable(test) else test
+        confidence = plan.confidence(look, k)
+        e, l_, h, p = pairwise(part, confidence, at_look)
         update = playing[:, :, None] & playing[:, None, :]
         est[update], lo[update], hi[update], pair_paired[update] = e[update], l_[update], h[update], p[update]
         with warnings.catch_warnings():
@@ -174,6 +216,14 @@ def compare(x: np.ndarray, plan: Plan, looks: int | None = None) -> Outcome:
         is_best[np.arange(draws), best] = True
         state[settled_worse & ~is_best] = WORSE
         state[settled_equal & ~is_best] = EQUIVALENT
+        if at_look is not None:  # the test set's own noise: the half-width that no seed can shrink
+            # at the widest confidence still to come: a later look may spend more of alpha
+            widest = min(plan.confidence(later, k) for later in range(look, len(plan.looks)))
+            floor = stats.norm.isf((1 - widest) / 2) * np.sqrt(np.asarray(at_look[0], float))
+            against_best = floor[np.arange(draws), :, best]
+            floor_out[playing] = against_best[playing]
+            stuck = (against_best >= plan.margin) & (np.abs(d_est) < against_best)
+            state[playing & (state == OPEN) & stuck & ~is_best] = FLOOR
         now = playing  # what this look saw: the settled ones keep these figures from here on
         diff[now], low[now], high[now] = d_est[now], d_low[now], d_high[now]
         seeds[now] = finished[now]
@@ -181,7 +231,7 @@ def compare(x: np.ndarray, plan: Plan, looks: int | None = None) -> Outcome:
         taken = np.where(going, look + 1, taken)
         others_settled = (state != OPEN) | is_best
         going &= ~others_settled.all(axis=1)
-    return Outcome(state, diff, low, high, seeds, best, taken, paired_out)
+    return Outcome(state, diff, low, high, seeds, best, taken, paired_out, floor_out)
 
 
 def _versus_others(m: np.ndarray) -> np.ndarray:

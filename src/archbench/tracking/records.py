@@ -1,5 +1,6 @@
 """What a classifier's run records beyond its metrics, for MLflow's own tools: the datasets it read
-(the UI's Datasets column), accuracy per class, the confusion matrix, and the model."""
+(the UI's Datasets column), accuracy per class, the confusion matrix, the test predictions, and the
+model."""
 
 import json
 import re
@@ -7,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from omegaconf import DictConfig
 
@@ -68,6 +70,7 @@ def log_outcome(
     with tempfile.TemporaryDirectory() as tmp, run.atomic():
         (Path(tmp) / "confusion_matrix.csv").write_text(evaluation.csv_text(matrix, classes))
         evaluation.plot(matrix, classes, Path(tmp) / "confusion_matrix.png", title)
+        write_predictions(Path(tmp) / PREDICTIONS, data.y_test, predicted)
         run.client.log_artifacts(run.run_id, tmp)
     raw = data.x_test[: logged_model.EXAMPLE_ROWS] * data.std + data.mean  # what a user of the model has
     with run.atomic():
@@ -75,6 +78,24 @@ def log_outcome(
             run, network, data.mean, data.std, raw.round(decimals=3), step,
             register=cfg.tracking.get("register"), params=params,
         )  # fmt: skip
+
+
+# One row per test example: the comparison pairs configurations by example as well as by seed, so
+# that an interval covers the test sample's own noise (compare/crossed.py). 10,000 rows: ~20 KB.
+PREDICTIONS = "test_predictions.csv.gz"
+
+
+def write_predictions(path: Path, labels: torch.Tensor, predicted: torch.Tensor) -> None:
+    """index (in the test split's order), label, predicted: gzipped CSV."""
+    labels, predicted = labels.cpu().numpy(), predicted.cpu().numpy()
+    table = pd.DataFrame({"index": np.arange(len(labels)), "label": labels, "predicted": predicted})
+    table.to_csv(path, index=False, compression={"method": "gzip", "mtime": 0})
+
+
+def read_predictions(path: Path) -> np.ndarray:
+    """Per test example, in index order: 1 where the run predicted the label, else 0."""
+    table = pd.read_csv(path).sort_values("index")
+    return (table.label.to_numpy() == table.predicted.to_numpy()).astype(np.uint8)
 
 
 # zz_: MLflow's Model metrics tab orders its charts by name, so these ten come after the learning

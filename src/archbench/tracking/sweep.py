@@ -126,7 +126,10 @@ class MlflowSweep(Callback):
             if raced:
                 _log_race(mlflow_client, parent_id, raced)
             if not runs.empty:
-                comp = report.Comparison.of(runs, self.parent_name, margin=config.compare.margin, race=raced)
+                correct = report.predictions(mlflow_client, runs)
+                comp = report.Comparison.of(
+                    runs, self.parent_name, margin=config.compare.margin, race=raced, correct=correct
+                )
                 self._attach(mlflow_client, parent_id, comp)
             _log_best(mlflow_client, parent_id, sweep_dir)
         finally:
