@@ -137,24 +137,15 @@ class Comparison:
 def predictions(mlflow_client, runs: pd.DataFrame) -> dict[tuple[str, int], np.ndarray]:
     """(configuration, seed) -> 0/1 per test example, from each finished run's recorded predictions
     (records.PREDICTIONS); the first run of a seed that ran more than once; none for older runs."""
+    from unittest import mock
+
     from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 
-    bar = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
-    os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"  # a bar per 20 KB file, else
-    try:
-        return _read_predictions(mlflow_client, runs)
-    finally:
-        if bar is None:
-            os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, None)
-        else:
-            os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = bar
-
-
-def _read_predictions(mlflow_client, runs: pd.DataFrame) -> dict:
     from archbench.tracking.records import PREDICTIONS, read_predictions
 
     found = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    quiet = {MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name: "false"}  # else a bar per 20 KB file
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, quiet):
         for _, run in runs[runs.status == "FINISHED"].sort_values("start_time").iterrows():
             key = (run.configuration, int(run.seed))
             if key in found:

@@ -106,7 +106,6 @@ def summarize(
     test = test_parts(table, correct)
     outcome = compare(table.to_numpy()[None], plan, **({"looks": looks} if looks else {}), test=test)
     summary = pd.concat([summary, _verdicts(summary, table, outcome, plan)], axis=1)
-    last = test(table.shape[1]) if test else None  # which pairs against the best had a test part
     # a row's intervals cover the test sample where every pair it is in had predictions on both sides
     last = test(table.shape[1])[0][0] if test else np.full((len(summary),) * 2, np.nan)
     np.fill_diagonal(last, 0)
