@@ -67,6 +67,10 @@ def main() -> None:
     parser.add_argument("--data", default="fashion_mnist")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--train-size", type=int, default=2000, help="synthetic data: training samples")
+    parser.add_argument(
+        "--policy", choices=[n.split()[0] for n in POLICIES], action="append",
+        help="only this policy (again for more); default: both",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "neighbours.md")
     args = parser.parse_args()
     rows = [
@@ -78,6 +82,8 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory() as tmp:
         for name, env in POLICIES.items():
+            if args.policy and name.split()[0] not in args.policy:
+                continue
             (alone,) = together(args, Path(tmp), name, env, 1, False)
             pair = together(args, Path(tmp), name, env, 2, False)
             (beside,) = together(args, Path(tmp), name, env, 1, True)

@@ -48,6 +48,9 @@ def small(tmp_path: Path) -> list[str]:
         # 1 thread: the suite's jobs run side by side (pytest-xdist, 2 workers), and a test that
         # compares two runs' numbers needs one thread count in both (it changes float rounding)
         "train.threads=1",
+        # no MLflow model: torch.export's first use costs a job ~4 s; the tests about the model ask
+        # for it (tracking.log_model=true)
+        "tracking.log_model=false",
         f"tracking.uri=sqlite:///{tmp_path}/mlruns/mlflow.db",
         f"data_dir={tmp_path}/data",
         f"hydra.run.dir={tmp_path}/outputs/run",

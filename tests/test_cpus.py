@@ -118,3 +118,26 @@ def test_a_slurm_jobs_own_cpus_are_its_threads_whatever_else_holds_the_lease(lea
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_it_says_so_in_one_line(tmp_path, monkeypatch, caplog, lease_dir, native):
+    import torch
+
+    from archbench import app
+    from conftest import compose_job
+
+    flags = {"avx512_bf16": native, "amx_bf16": False, "avx2": True}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags)
+    with caplog.at_level("WARNING", logger="archbench.app"):
+        app.configure(compose_job(tmp_path, "train.amp=true", "device=cpu"))
+        app.configure(
+            compose_job(tmp_path, "train.amp=auto", "device=cpu")
+        )  # bf16 off on a CPU: nothing to say
+    said = [r.getMessage() for r in caplog.records if "bf16" in r.getMessage()]
+    expected = (
+        []
+        if native
+        else ["train.amp=true: this CPU has no native bf16 (avx512_bf16, AMX), so it runs slower than fp32"]
+    )
+    assert said == expected

@@ -102,7 +102,7 @@ def test_a_network_of_ones_own_trains_as_built_with_the_whole_record(own, tmp_pa
     monkeypatch.setattr(
         Trainer, "fit", lambda self, *a, **k: trained.append(self.model) or real_fit(self, *a, **k)
     )
-    app.main(job(own, tmp_path, "model=lenet"))
+    app.main(job(own, tmp_path, "model=lenet", "tracking.log_model=true"))
     (net,) = trained
     assert type(net).__module__ == MODULE and type(net).__name__ == "LeNet"  # the constructor's own module
     (run,) = all_runs(tmp_path)
@@ -218,7 +218,7 @@ def test_sweep_presets_are_checked_before_any_job(own, tmp_path):
 
 
 def test_a_network_torch_export_cannot_trace_leaves_only_its_model_out(own, tmp_path, caplog, capfd):
-    app.main(job(own, tmp_path, "model=branchy"))
+    app.main(job(own, tmp_path, "model=branchy", "tracking.log_model=true"))
     (run,) = all_runs(tmp_path)
     assert run.info.status == "FINISHED" and not run.outputs.model_outputs
     experiment = run.info.experiment_id
@@ -237,7 +237,7 @@ def test_torchvision_resnet18_with_a_one_channel_stem(own, tmp_path):
     import torchvision
 
     shrink = ("dataset.input_shape=[1,16,16]", "dataset.train_size=100", "dataset.test_size=50")
-    app.main(job(own, tmp_path, "model=resnet18", *shrink))
+    app.main(job(own, tmp_path, "model=resnet18", "tracking.log_model=true", *shrink))
     (run,) = all_runs(tmp_path)
     resnet = sum(p.numel() for p in torchvision.models.resnet18(num_classes=10).parameters())
     assert run.info.status == "FINISHED" and run.data.metrics["params_total"] == resnet + 1 * 3 + 3

@@ -302,11 +302,14 @@ def test_every_readme_command_has_a_promise():
     assert not stale, f"promises for commands the README no longer has: {stale}"
 
 
-def shrunk(words: list[str], tmp: Path, n: int) -> list[str]:
+def shrunk(words: list[str], tmp: Path, n: int, model: bool = False) -> list[str]:
     """The typed command plus what shrinks it: synthetic data (unless it names a dataset: its own
-    small one), 1 epoch, output under tmp; the thread count as the command gets it (the lease)."""
+    small one), 1 epoch, output under tmp; the thread count as the command gets it (the lease); the
+    MLflow model only where the section uses it (`model`) or the command registers it."""
     own_data = any(w.startswith("dataset=") for w in words)
+    model = model or any(w.startswith("tracking.register=") for w in words)
     keep = ("tracking.uri=", "hydra.sweep.dir=", "train.threads=", *(("dataset=",) if own_data else ()))
+    keep += ("tracking.log_model=",) if model else ()
     shrink = [o for o in small(tmp) if not o.startswith(keep)] + [
         f"hydra.sweep.dir={tmp}/outputs/sweep-{n}",
         *(() if own_data else ("dataset.train_size=500",)),
@@ -432,6 +435,7 @@ def run_section(section: str, tmp_path: Path, cluster: dict | None = None) -> No
         )
         SETUP[section](tmp_path / "home")
     commands = [c for s, c in readme_commands() if part(s, c) == section and (s, c) not in SKIPS]
+    model = any(s == section for s, _ in readme_python())  # its python loads the latest run's model
     for n, command in enumerate(commands):
         promise = PROMISES[command]
         own = next(s for s, c in readme_commands() if part(s, c) == section and c == command)
@@ -445,8 +449,8 @@ def run_section(section: str, tmp_path: Path, cluster: dict | None = None) -> No
             words = [w.replace("<run_id>", resumed) for w in words]
         before = {r.info.run_id for r in all_runs(tmp_path)} if (tmp_path / "mlruns").exists() else set()
         done = subprocess.run(
-            shrunk(words, tmp_path, n), cwd=ROOT, env={**env, **exported}, capture_output=True, text=True,
-            timeout=600,
+            shrunk(words, tmp_path, n, model), cwd=ROOT, env={**env, **exported}, capture_output=True,
+            text=True, timeout=600,
         )  # fmt: skip
         assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
         for text in promise.output:

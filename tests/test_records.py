@@ -59,7 +59,7 @@ def runs(tmp_path_factory):
         patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")
         for name, overrides in jobs.items():
             before = {r.info.run_id for r in all_runs(tmp)} if (tmp / "mlruns").exists() else set()
-            cfg = compose_job(tmp, *overrides)
+            cfg = compose_job(tmp, "tracking.log_model=true", *overrides)
             main(cfg)
             (run,) = [r for r in all_runs(tmp) if r.info.run_id not in before]
             found[name] = SimpleNamespace(cfg=cfg, run=run)
@@ -231,3 +231,18 @@ def test_classes_must_match_num_classes(tmp_path):
     with pytest.raises(SystemExit, match="error: tracking.register must be a registered model's name"):
         main(compose_job(tmp_path, "tracking.register=''"))
     assert not (tmp_path / "mlruns").exists()
+    with pytest.raises(SystemExit, match="error: tracking.register needs tracking.log_model=true"):
+        main(compose_job(tmp_path, f"tracking.register={REGISTERED}", "tracking.log_model=false"))
+    with pytest.raises(SystemExit, match="error: tracking.log_model must be true or false, got 1"):
+        main(compose_job(tmp_path, "tracking.log_model=1"))
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_without_the_model_the_rest_of_the_record_is_kept(tmp_path):
+    main(compose_job(tmp_path, "tracking.log_model=false"))
+    (run,) = all_runs(tmp_path)
+    assert run.info.status == "FINISHED" and not run.outputs.model_outputs
+    assert store(tmp_path).search_logged_models([run.info.experiment_id]) == []
+    names = {a.path for a in store(tmp_path).list_artifacts(run.info.run_id)}
+    assert {"confusion_matrix.csv", "test_predictions.csv.gz", "checkpoint", "model_summary.txt"} <= names
+    assert {"test_accuracy", "params_total", "zz_class_accuracy.class0"} <= set(run.data.metrics)

@@ -63,7 +63,7 @@ def check_record(tmp_path, run, cfg, epochs):
 
 @needs_fashion
 def test_one_epoch_mlp_on_fashion_mnist(tmp_path):
-    cfg = compose_job(tmp_path, "dataset=fashion_mnist", "model=mlp")
+    cfg = compose_job(tmp_path, "dataset=fashion_mnist", "model=mlp", "tracking.log_model=true")
     accuracy = main(cfg)
     assert accuracy >= 0.75
     (run,) = all_runs(tmp_path)
@@ -74,7 +74,7 @@ def test_one_epoch_mlp_on_fashion_mnist(tmp_path):
 
 
 def test_record_on_synthetic_data(tmp_path):
-    cfg = compose_job(tmp_path, "train.epochs=2")
+    cfg = compose_job(tmp_path, "train.epochs=2", "tracking.log_model=true")
     main(cfg)
     (run,) = all_runs(tmp_path)
     check_record(tmp_path, run, cfg, epochs=2)

@@ -26,7 +26,7 @@ def test_stops_after_patience_epochs_and_restores_the_best(tmp_path, monkeypatch
         return {**real(self, data), "val_accuracy": VAL[epoch], "test_accuracy": TEST[epoch]}
 
     monkeypatch.setattr(Trainer, "scores", scores)
-    args = ["train.epochs=7", "train.val_fraction=0.1", "train.checkpoint=false"]
+    args = ["train.epochs=7", "train.val_fraction=0.1", "train.checkpoint=false", "tracking.log_model=true"]
     patience = ["train.early_stopping.patience=2", "train.early_stopping.min_delta=0.01"]
     returned = app.main(compose_job(tmp_path, *args, *patience))
 

@@ -148,7 +148,7 @@ def test_a_server_restarted_during_a_run_loses_nothing(tmp_path, monkeypatch):
         return server
 
     server = serve()
-    job = start(tmp_path, *SLOW, "train.epochs=3", f"tracking.uri={url}")
+    job = start(tmp_path, *SLOW, "train.epochs=3", "tracking.log_model=true", f"tracking.uri={url}")
     try:
         deadline = time.monotonic() + patience(120)
         while not epochs_logged(folder / "mlflow.db"):

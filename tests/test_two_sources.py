@@ -134,15 +134,30 @@ def test_a_gap_of_the_margin_plus_0_002_is_rarely_called_equivalent(level):
                    race.state[:, 1] == EQUIVALENT)  # fmt: skip
 
 
-def test_resampled_partitions_hold_too():
-    """dataset.resample=true's model: each seed draws its own test partition, so the test sample's
-    offset is new with every seed (part of the seed noise), and no fixed test part remains."""
-    sd = levels()["mlp"]
-    rng = np.random.default_rng(300)
-    for k in (2, 5):
-        x = draw(rng, [0.0] * k, 20) + rng.normal(0, sd / np.sqrt(2), (DRAWS, k, 20))
-        race = compare(x, Plan.race(3, 20))
-        check_rate(f"{k} equal, resampled partitions, race", false_verdicts(race))
+def resampled(rng, gaps, seeds, sd):
+    """dataset.resample=true's model: each seed draws its own partition, so the test sample's offsets
+    are drawn afresh with every seed (shared by the configurations at that seed, whose partition is
+    the same), with the paired sd `sd`; no fixed test part remains, and the interval has none."""
+    x = draw(rng, gaps, seeds)
+    return x + rng.normal(0, sd / np.sqrt(2), x.shape)
+
+
+@pytest.mark.parametrize("level", ["mlp", "cnn"])
+@pytest.mark.parametrize("k", [2, 3, 5, 8])
+def test_resampled_partitions_hold_too(k, level):
+    sd = levels()[level]
+    rng = np.random.default_rng(300 + k)
+    for seeds in (3, 5, 10):
+        outcome = compare(resampled(rng, [0.0] * k, seeds, sd), Plan((seeds,)))
+        check_rate(f"{k} equal, resampled partitions (sd {sd:.4f}), one look at {seeds} seeds",
+                   false_verdicts(outcome))  # fmt: skip
+    race = compare(resampled(rng, [0.0] * k, 20, sd), Plan.race(3, 20))
+    check_rate(f"{k} equal, resampled partitions (sd {sd:.4f}), race", false_verdicts(race))
+    if k == 2:
+        gap = -(MARGIN + 0.002)
+        race = compare(resampled(rng, [0.0, gap], 20, sd), Plan.race(3, 20))
+        check_rate(f"gap {gap}, resampled partitions (sd {sd:.4f}), race: called equivalent",
+                   race.state[:, 1] == EQUIVALENT)  # fmt: skip
 
 
 def test_a_race_stops_a_configuration_at_the_test_sets_floor():

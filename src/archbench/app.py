@@ -127,10 +127,19 @@ def configure(cfg: DictConfig) -> torch.device:
     with open_dict(cfg):
         cfg.train.threads = threads  # logged as used: the thread count changes float results
     torch.set_num_threads(threads)
+    if cfg.train.amp is True and device.type == "cpu" and not cpus.native_bf16():
+        log.warning(
+            "train.amp=true: this CPU has no native bf16 (avx512_bf16, AMX), so it runs slower than fp32"
+        )
     keep_freed_memory()
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(cfg.deterministic)  # also off again for the next job
+    # also off again for the next job. torch.use_deterministic_algorithms sets torch.compile's flag
+    # as well, and importing the compiler for it costs a job 2.7 s of start-up: only where it compiles
+    if cfg.train.compile:
+        torch.use_deterministic_algorithms(cfg.deterministic)
+    else:
+        torch.set_deterministic_debug_mode("error" if cfg.deterministic else "default")
     torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark and not cfg.deterministic
     torch.manual_seed(cfg.seed)
     return device
@@ -196,7 +205,7 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
         records.log_outcome(run, cfg, trainer.module, data, predicted, last, logged)
     if sweep_dir() is not None:  # for a race, which reads them from the job's folder (compare/race.py)
         folder = Path(HydraConfig.get().runtime.output_dir)
-        records.write_predictions(folder / records.PREDICTIONS, data.y_test, predicted)
+        records.write_predictions(folder / records.PREDICTIONS, data.y_test, predicted, data.test_index)
     final.update(totals)
     log.info("%s: %s", run.name, ", ".join(f"{k}={v:.4g}" for k, v in final.items()))
     return final.get("val_accuracy", final["test_accuracy"])

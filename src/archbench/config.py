@@ -224,7 +224,28 @@ def validate(cfg: DictConfig) -> torch.device:
         _number(cfg, "dataset.train_size", low=1, integer=True)
         _number(cfg, "dataset.test_size", low=1, integer=True)
     _records(cfg)
+    _resample(cfg)
     return pick_device(cfg.device)
+
+
+# the sources whose train and test splits splits.partition can pool (dataset.resample=true)
+POOLED = {
+    "archbench.data.IdxSource": "fashion_mnist, mnist",
+    "archbench.data.CifarSource": "cifar10",
+    "archbench.images.ImageFolderSource": "image_folder",
+    "archbench.data.SyntheticSource": "synthetic",
+}
+
+
+def _resample(cfg) -> None:
+    flag = cfg.dataset.get("resample", False)
+    if not isinstance(flag, bool):
+        raise ConfigError(f"dataset.resample must be true or false, got {flag!r}")
+    if flag and cfg.dataset.get("_target_") not in POOLED:
+        raise ConfigError(
+            f"dataset.resample=true pools the train and test splits of {', '.join(POOLED.values())}; "
+            f"{cfg.dataset.get('_target_')} cannot be pooled"
+        )
 
 
 def _records(cfg):
@@ -236,9 +257,12 @@ def _records(cfg):
     register = cfg.tracking.get("register")
     if register is not None and not (isinstance(register, str) and register.strip()):
         raise ConfigError(f"tracking.register must be a registered model's name or null, got {register!r}")
-    flag = cfg.tracking.get("system_metrics", False)
-    if not isinstance(flag, bool):
-        raise ConfigError(f"tracking.system_metrics must be true or false, got {flag!r}")
+    if register is not None and not cfg.tracking.get("log_model", True):
+        raise ConfigError("tracking.register needs tracking.log_model=true: it registers the run's model")
+    for key in ("system_metrics", "log_model"):
+        flag = cfg.tracking.get(key, False)
+        if not isinstance(flag, bool):
+            raise ConfigError(f"tracking.{key} must be true or false, got {flag!r}")
 
 
 def validate_sweep(config: DictConfig, seed_swept: bool) -> None:

@@ -175,8 +175,10 @@ class IdxSource:
         augment=False,
         crop_padding=0,
         flip=False,
+        resample=False,
     ):
         self.name, self.tv_class, self.system_dir = name, torchvision_class, system_dir
+        self.resample = resample  # splits.partition: train and test pooled, split again per seed
         self.input_shape, self.num_classes = tuple(input_shape), num_classes
         self.classes = class_names(classes, num_classes)
         self.augmentation = Augmentation(augment, crop_padding, flip)
@@ -237,9 +239,18 @@ class CifarSource:
     TEST = ["test_batch"]
 
     def __init__(
-        self, name, input_shape, num_classes, classes=None, augment=False, crop_padding=0, flip=False
+        self,
+        name,
+        input_shape,
+        num_classes,
+        classes=None,
+        augment=False,
+        crop_padding=0,
+        flip=False,
+        resample=False,
     ):
         self.name, self.input_shape, self.num_classes = name, tuple(input_shape), num_classes
+        self.resample = resample
         self.classes = class_names(classes, num_classes)
         self.augmentation = Augmentation(augment, crop_padding, flip)
 
@@ -296,8 +307,10 @@ class SyntheticSource:
         augment=False,
         crop_padding=0,
         flip=False,
+        resample=False,
     ):
         self.name, self.input_shape, self.num_classes = name, tuple(input_shape), num_classes
+        self.resample = resample
         self.sizes, self.noise, self.seed = (train_size, test_size), noise, seed
         self.classes = class_names(classes, num_classes)
         self.augmentation = Augmentation(augment, crop_padding, flip)

@@ -120,8 +120,10 @@ class ImageFolderSource:
         augment=False,
         crop_padding=0,
         flip=False,
+        resample=False,
     ):
         self.name, self.root = name, Path(str(root)).expanduser()
+        self.resample = resample
         self.input_shape, self.resize, self.num_classes = tuple(input_shape), resize, num_classes
         self.classes = class_names(classes, num_classes)
         self.test_fraction, self.seed = test_fraction, seed

@@ -7,12 +7,15 @@ and the seed, and reading the cache and normalising took ~0.4 s per job (an mlp'
 """
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from archbench.data import Raw
+from archbench.data import DataError, Raw
 
 
 @dataclass
@@ -28,10 +31,43 @@ class Splits:
     mean: torch.Tensor | None = None  # per channel, shaped (1, C, 1, ...): x = (raw - mean) / std
     std: torch.Tensor | None = None
     lineage: dict | None = None  # {split: Lineage}: what the data was read from
+    test_index: np.ndarray | None = None  # dataset.resample=true: each test example's index in the pool
 
 
-def prepare(raw: Raw, device: torch.device, val_fraction: float, seed: int) -> Splits:
-    """Hold out a validation slice, normalise with the training split's per-channel statistics."""
+def partition(raw: Raw, seed: int) -> Raw:
+    """dataset.resample=true: train and test pooled, then split again by `seed` at the standard sizes,
+    stratified by class (scikit-learn's train_test_split). The same seed draws the same partition for
+    every configuration, so a comparison stays paired by seed; each seed draws another, so the seeds
+    carry the test and training samples' noise too. Each split's lineage names the partition: the
+    seed and a digest of the pooled indices of its test examples."""
+    from sklearn.model_selection import train_test_split
+
+    x, y = torch.cat([raw["x_train"], raw["x_test"]]), torch.cat([raw["y_train"], raw["y_test"]])
+    try:
+        train, test = train_test_split(
+            np.arange(len(y)), test_size=len(raw["y_test"]), stratify=y.numpy(), random_state=seed
+        )
+    except ValueError as e:  # a class with one image, or fewer test images than classes
+        raise DataError(f"dataset.resample=true cannot stratify this data: {e}") from None
+    train, test = np.sort(train), np.sort(test)  # in pool order: the trainer shuffles every epoch
+    drawn = hashlib.sha256(test.astype("<i8").tobytes()).hexdigest()[:16]
+    pooled = {f"{s}.{k}": v for s, line in raw["lineage"].items() for k, v in line.parts.items()}
+    lineage = {}
+    for split, index in (("train", train), ("test", test)):
+        parts = {**pooled, "resample.seed": str(seed), "resample.test_indices": drawn, "split": split}
+        whole = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+        lineage[split] = dataclasses.replace(
+            raw["lineage"][split], digest=whole, parts=parts, rows=len(index)
+        )
+    found = {"x_train": x[train], "y_train": y[train], "x_test": x[test], "y_test": y[test]}
+    return {**found, "lineage": lineage, "test_index": test}
+
+
+def prepare(raw: Raw, device: torch.device, val_fraction: float, seed: int, resample=False) -> Splits:
+    """Hold out a validation slice, normalise with the training split's per-channel statistics;
+    with `resample`, from the seed's own partition of the pooled data first."""
+    if resample:
+        raw = partition(raw, seed)
     x_train, y_train = raw["x_train"], raw["y_train"]
     x_val = y_val = None
     if val_fraction > 0:
@@ -61,6 +97,7 @@ def prepare(raw: Raw, device: torch.device, val_fraction: float, seed: int) -> S
         mean,
         std,
         raw.get("lineage"),
+        raw.get("test_index"),
     )
 
 
@@ -82,9 +119,10 @@ def for_job(source, data_dir: Path, device: torch.device, val_fraction: float, s
         str(Path(data_dir).resolve()),
         str(device),
         val_fraction,
-        seed if val_fraction > 0 else None,
+        seed if val_fraction > 0 or getattr(source, "resample", False) else None,
     )
     if _kept is None or _kept[0] != key:
         _kept = None  # the previous dataset goes before the next one is read: one in memory at a time
-        _kept = (key, prepare(source.load(Path(data_dir)), device, val_fraction, seed))
+        raw = source.load(Path(data_dir))
+        _kept = (key, prepare(raw, device, val_fraction, seed, resample=getattr(source, "resample", False)))
     return dataclasses.replace(_kept[1])

@@ -35,6 +35,7 @@ COLUMNS = [
     "debug",
     "error",
     "start_time",
+    "resampled",
 ]
 
 
@@ -53,6 +54,7 @@ def _row(run) -> dict:
         "debug": tags.get("archbench.debug", ""),
         "error": tags.get("archbench.error", ""),
         "start_time": run.info.start_time,
+        "resampled": params.get("dataset.resample") == "True",  # its own partition per seed
     }
 
 
@@ -62,7 +64,8 @@ def _failed_row(failure: dict) -> dict:
     row = dict.fromkeys(COLUMNS, None) | {"run": "(no run)", "status": "FAILED", "error": failure["error"]}
     picked = failure.get("choices", {})
     row |= {"configuration": configuration(failure["overrides"]), "seed": int(seed), "run_id": ""}
-    return row | {"dataset": picked.get("dataset", ""), "epochs": "", "debug": "", "start_time": 0}
+    return row | {"dataset": picked.get("dataset", ""), "epochs": "", "debug": "", "start_time": 0,
+                  "resampled": False}  # fmt: skip
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
@@ -154,7 +157,8 @@ def predictions(mlflow_client, runs: pd.DataFrame) -> dict[tuple[str, int], np.n
                 path = mlflow_client.download_artifacts(run.run_id, PREDICTIONS, tmp)
             except Exception:  # a run recorded before predictions were: its seeds alone count
                 continue
-            found[key] = read_predictions(Path(path))
+            if (correct := read_predictions(Path(path))) is not None:
+                found[key] = correct
     return found
 
 

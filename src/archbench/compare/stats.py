@@ -63,6 +63,9 @@ def test_parts(table: pd.DataFrame, correct: dict | None):
     return at
 
 
+RESAMPLED = "seeds, each its own partition"  # the sources of a row whose runs ran with dataset.resample=true
+
+
 def summarize(
     runs: pd.DataFrame,
     metric: str,
@@ -110,7 +113,13 @@ def summarize(
     last = test(table.shape[1])[0][0] if test else np.full((len(summary),) * 2, np.nan)
     np.fill_diagonal(last, 0)
     covered = np.isfinite(last).all(axis=1) & (len(summary) > 1)
-    summary["sources"] = np.where(covered, "seeds + test sample", "seeds only")
+    # dataset.resample=true: each seed its own partition, so the seeds carry the test sample themselves
+    done = runs[runs.status == "FINISHED"]
+    own = done.groupby("configuration").resampled.all() if "resampled" in done else pd.Series(dtype=bool)
+    resampled = summary.configuration.map(own).fillna(False).astype(bool).to_numpy()
+    summary["sources"] = np.where(
+        covered, "seeds + test sample", np.where(resampled, RESAMPLED, "seeds only")
+    )
     order = [int(outcome.best[0])] + [i for i in summary["mean"].sort_values(ascending=False).index]
     summary = summary.loc[list(dict.fromkeys(order))].reset_index(drop=True)
     summary["front"] = pareto(summary)

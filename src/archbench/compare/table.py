@@ -3,6 +3,8 @@ and the few figures a sweep's parent run carries as metrics."""
 
 import pandas as pd
 
+from archbench.compare.stats import RESAMPLED
+
 SHORT = {"not resolved": "open", "no finished run": "no run"}  # verdicts as a table cell shows them
 
 
@@ -152,6 +154,12 @@ def _sources(comp) -> str:
     )
     if covered:
         return f"*Sources*: {both}."
+    if s.sources.eq(RESAMPLED).all():
+        return (
+            "*Sources*: seeds, each with its own stratified train/test partition of the pooled data "
+            "(dataset.resample=true): the seeds carry the test and training samples' noise, and the "
+            "verdicts are about the task. Its accuracies are not those of the official test split."
+        )
     only = [comp.labels.get(c, c) for c in s.configuration[s.sources.ne("seeds + test sample")]]
     return (
         "*Sources*: seeds only for every row (runs without test predictions): the intervals speak for "

@@ -14,15 +14,18 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from archbench.compare import race, report, table
 from archbench.config import GROUPS, ConfigError, validate_sweep
 from archbench.tracking import store, views
 from archbench.tracking.runs import PARENT_FILE, Terminated, client, experiment_id, redact_overrides
+
+if TYPE_CHECKING:
+    from archbench.compare import report
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,8 @@ class MlflowSweep(Callback):
         mlflow_client.log_param(self.parent_id, "sweep.overrides", swept or "(none)")
         mlflow_client.log_param(self.parent_id, "compare.margin", config.compare.margin)
         if config.seeds == "auto":
+            from archbench.compare import race  # here: a single run (this callback too) needs no scipy
+
             plan = race.plan_of(config)
             mlflow_client.log_param(self.parent_id, "race.looks", " ".join(map(str, plan.looks)))
             for key in ("max_runs", "max_minutes"):
@@ -107,6 +112,10 @@ class MlflowSweep(Callback):
         """Attach the comparison (and a race's record) to the parent run and close it; runs once."""
         if self.parent_id is None:
             return
+        # imported here, not at the top: every single run instantiates this callback, and the
+        # comparison's scipy, statsmodels and pandas cost it 2 s of start-up
+        from archbench.compare import race, report
+
         parent_id, self.parent_id = self.parent_id, None
         sweep_dir = Path(config.hydra.sweep.dir)
         mlflow_client = client(config.tracking.uri)
@@ -148,6 +157,8 @@ class MlflowSweep(Callback):
         metrics, and the table, CSV and charts as artifacts."""
         from mlflow.entities import Metric
 
+        from archbench.compare import report, table
+
         with tempfile.TemporaryDirectory() as tmp:
             for path in report.write_all(comp, Path(tmp), mlflow_client):
                 mlflow_client.log_artifact(parent_id, str(path))
@@ -185,6 +196,8 @@ def _log_race(mlflow_client, parent_id: str, record: dict) -> None:
     """A race on its parent run: a step per round (configurations still in it, seeds so far, runs),
     why it stopped, and the record itself (race.json, which `make compare` reads back)."""
     from mlflow.entities import Metric
+
+    from archbench.compare import race
 
     now = int(time.time() * 1000)
     metrics = [
