@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
@@ -99,6 +100,44 @@ def test_budgets_stop_the_race_and_say_which(tmp_path):
     Race(config(tmp_path, max_seeds=5, spending="bonferroni"), launcher, [["x=a"], ["x=c"]]).run()
     record = json.loads((tmp_path / race.RECORD).read_text())
     assert record["stopped"] == "race.max_seeds=5 reached" and record["looks"] == [3, 5]
+
+
+class PredictingLauncher(ScriptedLauncher):
+    """Also leaves each job's per-example test predictions in its folder, as app.py does: 200 test
+    examples, each right with chance 0.87 independently per run, so the test sample alone is far
+    noisier than a 0.005 margin allows."""
+
+    def launch(self, batch, initial_job_idx):
+        from archbench.tracking.records import PREDICTIONS, write_predictions
+
+        results = super().launch(batch, initial_job_idx)
+        for n, result in enumerate(results):
+            folder = self.folder / str(initial_job_idx + n)
+            folder.mkdir(parents=True, exist_ok=True)
+            right = np.random.default_rng(initial_job_idx + n).random(200) < 0.87
+            labels = torch.zeros(200, dtype=torch.long)
+            write_predictions(folder / PREDICTIONS, labels, torch.tensor(~right, dtype=torch.long))
+            result.hydra_cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(folder)}}})
+        return results
+
+
+@pytest.mark.parametrize("asked", [True, False])
+def test_a_margin_asked_for_below_the_floor_is_one_line(tmp_path, caplog, asked):
+    launcher = PredictingLauncher(noisy({"x=a": 0.0, "x=b": 0.0}))
+    launcher.folder = tmp_path / "jobs"
+    cfg = config(tmp_path)
+    cfg.hydra.overrides = {"task": ["x=a,b", *(["compare.margin=0.005"] if asked else [])]}
+    with caplog.at_level("WARNING", logger="archbench.compare.race"):
+        Race(cfg, launcher, [["x=a"], ["x=b"]]).run()
+    said = [r.getMessage() for r in caplog.records if "floor" in r.getMessage()]
+    if not asked:  # the default margin: the verdict (open: this test set cannot settle it) says it
+        assert said == []
+        return
+    (line,) = said
+    assert line.startswith("compare.margin=0.005 is below this test set's floor: its own noise alone is ±0.")
+    assert "\n" not in line and "dataset.resample=true" in line
+    record = json.loads((tmp_path / race.RECORD).read_text())
+    assert len(record["rounds"]) < 5, "stopped at its floor, before the seed budget"
 
 
 def test_the_wall_clock_budget(tmp_path, monkeypatch):

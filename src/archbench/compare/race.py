@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from archbench.compare.verdicts import FAILED, OPEN, Plan, compare
 
@@ -53,6 +53,7 @@ class Race:
         self.returns: list[JobReturn] = []
         self.rounds: list[dict] = []
         self.stopped = ""
+        self.warned = False  # about a margin asked for below the test set's floor: once a race
 
     def run(self) -> list[JobReturn]:
         started = time.monotonic()
@@ -72,6 +73,7 @@ class Race:
                 log.info("race round %d: %d configurations to %d seeds", look + 1, len(playing), seeds)
                 self._launch(batch)
                 outcome = compare(self.values[:, :, :seeds], self.plan, looks=look + 1, test=self._test())
+                self._below_floor(outcome)
                 self.rounds.append(  # configurations: those still in the race, which this round ran
                     {
                         "round": look + 1,
@@ -96,6 +98,24 @@ class Race:
             self._save()
         log.info("race stopped: %s", self.stopped)
         return self.returns
+
+    def _below_floor(self, outcome) -> None:
+        """One line, at the first look that shows it, where compare.margin was asked for on the command
+        line and the test sample's own noise alone puts it out of reach for a configuration: the
+        race cannot know that before the first round's predictions, and stops those at their floor."""
+        floors = outcome.floor[0]
+        if self.warned or not np.isfinite(floors).any() or np.nanmax(floors) <= self.plan.margin:
+            return
+        task = OmegaConf.select(self.config, "hydra.overrides.task", default=None) or []
+        if not any(o.split("=", 1)[0].lstrip("+~") == "compare.margin" for o in task):
+            return  # the default margin: the verdicts say it, without a warning
+        self.warned = True
+        worst = int(np.nanargmax(floors))
+        log.warning(
+            "compare.margin=%g is below this test set's floor: its own noise alone is ±%.4f for %s; "
+            "ask for more, or dataset.resample=true, or a larger test set",
+            self.plan.margin, floors[worst], " ".join(self.configurations[worst]) or "(defaults)",
+        )  # fmt: skip
 
     def _playing(self, outcome) -> list[int]:
         if outcome is None:
