@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 FAILED_FILE = "job_failed.json"  # in a failed job's folder: its overrides and error
 PRESET_GROUPS = ("experiment", "search")
-SETUP = ("tracking.uri", "tracking.experiment", "data_dir", "train.progress", "resume")  # not what was swept
+# not what was swept: where things are kept, and what changes no result
+SETUP = ("tracking.uri", "tracking.experiment", "tracking.log_model", "data_dir", "train.progress", "resume")
 
 
 class MlflowSweep(Callback):
