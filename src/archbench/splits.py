@@ -112,6 +112,7 @@ def for_job(source, data_dir: Path, device: torch.device, val_fraction: float, s
     over the same tensors, which nothing modifies in place (place() swaps in NHWC copies).
     """
     global _kept
+    resample = getattr(source, "resample", False)  # dataset.resample=true: the partition is the seed's
     key = (
         type(source).__qualname__,
         # augmentation is applied per batch by the trainer, not to the splits
@@ -119,10 +120,10 @@ def for_job(source, data_dir: Path, device: torch.device, val_fraction: float, s
         str(Path(data_dir).resolve()),
         str(device),
         val_fraction,
-        seed if val_fraction > 0 or getattr(source, "resample", False) else None,
+        seed if val_fraction > 0 or resample else None,
     )
     if _kept is None or _kept[0] != key:
         _kept = None  # the previous dataset goes before the next one is read: one in memory at a time
         raw = source.load(Path(data_dir))
-        _kept = (key, prepare(raw, device, val_fraction, seed, resample=getattr(source, "resample", False)))
+        _kept = (key, prepare(raw, device, val_fraction, seed, resample=resample))
     return dataclasses.replace(_kept[1])

@@ -10,6 +10,7 @@ and its row says so. Every statistic comes from scipy.stats or statsmodels; pand
 """
 
 import bisect
+import functools
 import math
 
 import numpy as np
@@ -45,6 +46,7 @@ def test_parts(table: pd.DataFrame, correct: dict | None):
     configs, seeds = list(table.index), list(table.columns)
     k = len(configs)
 
+    @functools.cache  # the last look's is asked for twice: by compare and by summarize's sources
     def at(n: int) -> tuple[np.ndarray, np.ndarray]:
         rows = []
         for config in configs:
@@ -110,7 +112,7 @@ def summarize(
     outcome = compare(table.to_numpy()[None], plan, **({"looks": looks} if looks else {}), test=test)
     summary = pd.concat([summary, _verdicts(summary, table, outcome, plan)], axis=1)
     # a row's intervals cover the test sample where every pair it is in had predictions on both sides
-    last = test(table.shape[1])[0][0] if test else np.full((len(summary),) * 2, np.nan)
+    last = test(table.shape[1])[0][0].copy() if test else np.full((len(summary),) * 2, np.nan)
     np.fill_diagonal(last, 0)
     covered = np.isfinite(last).all(axis=1) & (len(summary) > 1)
     # dataset.resample=true: each seed its own partition, so the seeds carry the test sample themselves

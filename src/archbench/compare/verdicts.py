@@ -4,11 +4,12 @@ verdict held at 5% over every pair of the table and every look a race takes at t
 At each look, every pair of configurations gets a t-interval for the difference of their means,
 paired by seed (Welch's where their seed sets differ), at confidence 1 - alpha_look / m for the
 m = k(k-1)/2 pairs (Bonferroni). On a fixed test set the interval also covers the test sample's
-own noise (compare/crossed.py: seeds and examples crossed, Satterthwaite's degrees of freedom),
+own noise (compare/crossed.py: seeds and examples crossed; t at the seeds' degrees of freedom),
 so that a verdict is about the task, not about these test images. The looks share alpha by an
 alpha-spending plan fixed before the first look (Lan and DeMets, 1983): look l may spend
-f(t_l) - f(t_{l-1}) of it, t being the share of the last look's seeds, with O'Brien-Fleming-type
-f(t) = 2 - 2 Phi(z_{alpha/2} / sqrt(t)) by default; the increments sum to alpha, so the union
+f(t_l) - f(t_{l-1}) of it, t being the share of the last look's seeds, with Pocock-type
+f(t) = alpha ln(1 + (e - 1) t) by default (O'Brien-Fleming-type f(t) = 2 - 2 Phi(z_{alpha/2} /
+sqrt(t)), or an even split, on request: race.spending); the increments sum to alpha, so the union
 bound still holds over looks without any assumption on how the looks correlate. Whatever the
 true means and spreads, all these intervals hold at once with probability >= 1 - alpha, and then
 every verdict is true:
