@@ -171,7 +171,8 @@ def test_a_request_the_cluster_refuses_is_one_line_naming_the_setting(slurm_clus
         "hydra.launcher.gpus_per_node (now 1); device=cpu needs none; `sinfo -o '%P %c %m %G %l'` shows the "
         "GPUs; nothing was run"
     )
-    assert not (tmp_path / "mlruns").exists() and set(slurm_cluster.jobs()) == before
+    # no new job: the earlier tests' finished jobs may have aged out of squeue meanwhile (MinJobAge)
+    assert not (tmp_path / "mlruns").exists() and set(slurm_cluster.jobs()) <= before
 
 
 @pytest.mark.parametrize(
