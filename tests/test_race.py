@@ -102,6 +102,20 @@ def test_budgets_stop_the_race_and_say_which(tmp_path):
     assert record["stopped"] == "race.max_seeds=5 reached" and record["looks"] == [3, 5]
 
 
+def test_a_gap_the_budget_would_likely_not_settle_stops_before_the_budget(tmp_path):
+    near = {"x=a": 0.0, "x=c": 0.004}  # near the margin: at this noise, 20 seeds settle neither way
+    launcher = ScriptedLauncher(noisy(near, sd=0.008))
+    Race(config(tmp_path, futility=0.0), launcher, [["x=a"], ["x=c"]]).run()
+    record = json.loads((tmp_path / race.RECORD).read_text())
+    assert record["stopped"] == "race.max_seeds=20 reached" and record["futility"] == 0.0
+    launcher = ScriptedLauncher(noisy(near, sd=0.008))
+    Race(config(tmp_path, futility=0.1), launcher, [["x=a"], ["x=c"]]).run()
+    record = json.loads((tmp_path / race.RECORD).read_text())
+    seeds = record["rounds"][-1]["seeds"]
+    assert 8 <= seeds < 20, record  # not before 8 seeds (FUTILITY_FROM), and before the budget
+    assert record["stopped"] == "all resolved but 1, which more seeds would likely not settle"
+
+
 class PredictingLauncher(ScriptedLauncher):
     """Also leaves each job's per-example test predictions in its folder, as app.py does: 200 test
     examples, each right with chance 0.87 independently per run, so the test sample alone is far
@@ -184,6 +198,10 @@ def test_bad_race_settings_are_one_line_before_anything_runs(tmp_path):
         (["-m", "activation=relu,tanh", "seeds=auto", "seed=1,2"], "seeds=auto picks the seeds itself"),
         (["-m", "activation=relu,tanh", "seeds=auto", "race.max_seeds=1"], "race.max_seeds must be"),
         (["-m", "activation=relu,tanh", "compare.margin=0"], "compare.margin must be a number > 0"),
+        (
+            ["-m", "activation=relu,tanh", "seeds=auto", "race.futility=1"],
+            "race.futility must be a number >= 0 and < 1, got 1",
+        ),
         (["seeds=auto"], "seeds=auto repeats the configurations of a sweep: add -m"),
     ):
         done = run_py(tmp_path, *args)

@@ -281,6 +281,8 @@ def validate_sweep(config: DictConfig, seed_swept: bool) -> None:
         raise ConfigError(f"race.max_seeds must be >= race.first_seeds={first}, got {config.race.max_seeds}")
     _number(config, "race.max_runs", low=1, integer=True, optional=True)
     _number(config, "race.max_minutes", low=0, low_open=True, optional=True)
+    if "futility" in config.race:
+        _number(config, "race.futility", low=0, high=1)
     from archbench.compare.verdicts import SPENDING  # numpy and scipy: only for a race
 
     spending = config.race.get("spending", SPENDING[0])

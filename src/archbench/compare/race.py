@@ -25,7 +25,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
-from archbench.compare.verdicts import FAILED, OPEN, Plan, compare
+from archbench.compare.verdicts import FAILED, FLOOR, FUTILE, OPEN, Plan, compare
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,12 @@ RECORD = "race.json"  # in the sweep folder
 
 def plan_of(config: DictConfig) -> Plan:
     """The race's plan from the config: race.first_seeds growing to race.max_seeds, compare.margin,
-    race.spending."""
+    race.spending, race.futility."""
     race = config.race
-    spending = race.get("spending", Plan.spending)
-    return Plan.race(race.first_seeds, race.max_seeds, margin=config.compare.margin, spending=spending)
+    spending, futility = race.get("spending", Plan.spending), race.get("futility", Plan.futility)
+    return Plan.race(
+        race.first_seeds, race.max_seeds, margin=config.compare.margin, spending=spending, futility=futility
+    )
 
 
 class Race:
@@ -84,7 +86,12 @@ class Race:
                 )
                 self._save()
                 if outcome.done[0] or not (outcome.state[0] != FAILED).any():
-                    self.stopped = "all resolved"
+                    out_of_reach = int(np.isin(outcome.state[0], (FLOOR, FUTILE)).sum())
+                    self.stopped = (
+                        "all resolved"
+                        if not out_of_reach
+                        else (f"all resolved but {out_of_reach}, which more seeds would likely not settle")
+                    )
                     break
             else:
                 self.stopped = f"race.max_seeds={self.plan.looks[-1]} reached"
@@ -150,6 +157,7 @@ class Race:
             "margin": self.plan.margin,
             "alpha": self.plan.alpha,
             "spending": self.plan.spending,
+            "futility": self.plan.futility,
             "rounds": self.rounds,
             "stopped": self.stopped,
         }

@@ -114,8 +114,9 @@ class Comparison:
         # every finished run held out a validation split (a search): rank by it; a mix: the test set
         metric = "val_accuracy" if len(done) and done.val_accuracy.notna().all() else "test_accuracy"
         if race:  # a race recorded before alpha spending split it evenly over its looks
-            spending = race.get("spending", "bonferroni")
-            plan = Plan(tuple(race["looks"]), race["alpha"], race["margin"], spending)
+            spending = race.get("spending", "bonferroni")  # and one before futility stops had none
+            futility = race.get("futility", 0.0)
+            plan = Plan(tuple(race["looks"]), race["alpha"], race["margin"], spending, futility)
             summary = stats.summarize(runs, metric, plan, looks=len(race["rounds"]), correct=correct)
         else:
             summary = stats.summarize(runs, metric, margin=margin, correct=correct)

@@ -19,7 +19,7 @@ from scipy import stats
 from statsmodels.stats.power import TTestIndPower, TTestPower
 
 from archbench.compare import crossed
-from archbench.compare.verdicts import EQUIVALENT, FAILED, FLOOR, MARGIN, WORSE, Plan, compare
+from archbench.compare.verdicts import EQUIVALENT, FAILED, FLOOR, FUTILE, MARGIN, WORSE, Plan, compare
 
 CONFIDENCE = 0.95  # each configuration's own interval of its mean
 POWER = 0.8  # "seeds that would likely settle it": an 80% chance, the usual planning figure
@@ -171,7 +171,12 @@ def _verdicts(summary: pd.DataFrame, table: pd.DataFrame, outcome, plan: Plan) -
         elif state == FLOOR:  # more seeds cannot settle it on this test set
             row["verdict"] = (
                 f"open: this test set cannot settle ±{plan.margin:g} (its own noise "
-                f"±{outcome.floor[0, i]:.4f}); a larger test set can"
+                f"±{outcome.floor[0, i]:.4f}); dataset.resample=true or a larger test set can"
+            )
+        elif state == FUTILE:  # the race's last look would likely not settle it either
+            row["verdict"] = (
+                f"open: stopped at {n} seeds, as {plan.looks[-1]} would likely not settle it "
+                f"(race.futility={plan.futility:g})"
             )
         else:
             gaps = (table.iloc[i] - table.iloc[best]).dropna()

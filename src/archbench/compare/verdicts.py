@@ -29,6 +29,11 @@ seeds but hold with unequal spreads (a CNN's seed-to-seed sd is not an MLP's), a
 A configuration still open whose equivalence the test sample alone puts out of reach (the
 interval's half-width with no seed noise left is wider than the margin, and its gap is inside that
 half-width) is at its *floor*: more seeds cannot settle it on this test set, so a race stops it.
+From 8 seeds on, a race also stops one that its last look would likely not settle either (*futile*:
+a chance below race.futility, 10%, at its current gap). Both only ever leave a configuration open,
+so they cost no error; they keep the budget for what can still be settled. On the course's three
+questions this takes a third fewer runs than Bonferroni's even split, and settles as many
+(tests/test_two_sources.py prints both).
 
 Everything here works on arrays of many simulated comparisons at once (the first axis), so the
 simulations run the very code that gives the report its verdicts.
@@ -45,7 +50,11 @@ ALPHA = 0.05  # the family-wise error of a whole comparison or race
 MARGIN = 0.005  # accuracy units: half a point, compare.margin's default
 GROWTH = 1.6  # a race's seeds per configuration grow by this factor each round: 3, 5, 8, 13, 20
 
-OPEN, WORSE, EQUIVALENT, FAILED, FLOOR = 0, 1, 2, 3, 4  # a configuration's state; the best stays OPEN
+OPEN, WORSE, EQUIVALENT, FAILED, FLOOR, FUTILE = 0, 1, 2, 3, 4, 5  # a configuration's state; best: OPEN
+FUTILITY = 0.1  # a race stops a configuration whose chance to be settled by its last look falls below this
+# ... from this many seeds on: the trend of 3 or 5 seeds is too noisy to judge by (simulated on the
+# course's questions: judged from 3 seeds, a third of the verdicts that would have come are lost)
+FUTILITY_FROM = 8
 SPENDING = ("pocock", "obrien-fleming", "bonferroni")  # how a race's looks share alpha; the first: default
 
 
@@ -57,6 +66,7 @@ class Plan:
     alpha: float = ALPHA
     margin: float = MARGIN
     spending: str = "pocock"  # one of SPENDING; "bonferroni" splits alpha evenly (as before)
+    futility: float = FUTILITY  # 0: a race never stops a configuration for futility
 
     @classmethod
     def race(cls, first: int, max_seeds: int, **budget) -> "Plan":
@@ -88,7 +98,7 @@ class Outcome:
     """Per comparison (first axis) and configuration (second): its state, the bounds of mu_i minus
     the best other mean at the look that settled it (or the last), and its seeds at that look."""
 
-    state: np.ndarray  # OPEN, WORSE, EQUIVALENT or FAILED; int
+    state: np.ndarray  # OPEN, WORSE, EQUIVALENT, FAILED, FLOOR or FUTILE; int
     diff: np.ndarray  # estimate of mu_i - max_{j != i} mu_j
     low: np.ndarray
     high: np.ndarray
@@ -113,10 +123,11 @@ def pairwise(x: np.ndarray, confidence: float, test=None) -> tuple[np.ndarray, .
     values at the same seeds are paired by seed; otherwise Welch's test on each row's own values.
     test: None, or (variance, df), each (draws, k, k): the test sample's share of each pair's
     variance and its df (crossed.test_variance), added to the seeds' part; NaN: seeds only.
-    Returns estimate, low, high (each draws x k x k, antisymmetric) and a paired flag.
+    Returns estimate, low, high (each draws x k x k, antisymmetric), a paired flag, and the seeds'
+    part of each difference's variance (symmetric).
     """
     draws, k, _ = x.shape
-    est, low, high = (np.full((draws, k, k), np.nan) for _ in range(3))
+    est, low, high, seeds = (np.full((draws, k, k), np.nan) for _ in range(4))
     paired = np.ones((draws, k, k), bool)
     rows, cols = np.triu_indices(k, 1)
     with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
@@ -146,7 +157,8 @@ def pairwise(x: np.ndarray, confidence: float, test=None) -> tuple[np.ndarray, .
     est[:, rows, cols], low[:, rows, cols], high[:, rows, cols] = e, lo, hi
     est[:, cols, rows], low[:, cols, rows], high[:, cols, rows] = -e, -hi, -lo
     paired[:, cols, rows] = paired[:, rows, cols]
-    return est, low, high, paired
+    seeds[:, rows, cols] = seeds[:, cols, rows] = seed_var
+    return est, low, high, paired, seeds
 
 
 def _partial(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, bool]:
@@ -198,7 +210,7 @@ def compare(x: np.ndarray, plan: Plan, looks: int | None = None, test=None) -> O
             break
         at_look = test(n) if callable(test) else test
         confidence = plan.confidence(look, k)
-        e, l_, h, p = pairwise(part, confidence, at_look)
+        e, l_, h, p, seed_var = pairwise(part, confidence, at_look)
         update = playing[:, :, None] & playing[:, None, :]
         est[update], lo[update], hi[update], pair_paired[update] = e[update], l_[update], h[update], p[update]
         with warnings.catch_warnings():
@@ -225,6 +237,9 @@ def compare(x: np.ndarray, plan: Plan, looks: int | None = None, test=None) -> O
             floor_out[playing] = against_best[playing]
             stuck = (against_best >= plan.margin) & (np.abs(d_est) < against_best)
             state[playing & (state == OPEN) & stuck & ~is_best] = FLOOR
+        if racing and plan.futility > 0 and n >= FUTILITY_FROM and look < len(plan.looks) - 1:
+            chance = _chance_to_settle(plan, k, n, e, seed_var, at_look, best)
+            state[playing & (state == OPEN) & (chance < plan.futility) & ~is_best] = FUTILE
         now = playing  # what this look saw: the settled ones keep these figures from here on
         diff[now], low[now], high[now] = d_est[now], d_low[now], d_high[now]
         seeds[now] = finished[now]
@@ -233,6 +248,31 @@ def compare(x: np.ndarray, plan: Plan, looks: int | None = None, test=None) -> O
         others_settled = (state != OPEN) | is_best
         going &= ~others_settled.all(axis=1)
     return Outcome(state, diff, low, high, seeds, best, taken, paired_out, floor_out)
+
+
+def _chance_to_settle(plan: Plan, k: int, n: int, est, seed_var, test, best) -> np.ndarray:
+    """Per configuration: the chance that its interval against the best settles it at the race's last
+    look, if its gap stays what it is now (conditional power at the current trend). The seeds' part
+    of the variance shrinks as 1/seeds, the test sample's stays; the estimate moves only by the new
+    seeds' noise. Stopping for futility only ever leaves a configuration open, so it costs no error
+    (a non-binding futility bound): it spends the budget on configurations that can still be settled."""
+    draws, rows = np.arange(len(best)), slice(None)
+    last = plan.looks[-1]
+    gap, var = est[draws, rows, best], seed_var[draws, rows, best]  # (draws, k): against the best
+    test_var = 0.0 if test is None else np.asarray(test[0], float)[draws, rows, best]
+    test_var = np.where(np.isfinite(test_var), test_var, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = stats.t.isf((1 - plan.confidence(len(plan.looks) - 1, k)) / 2, last - 1) * np.sqrt(
+            var * n / last + test_var
+        )
+        moves = np.sqrt(var * n * (last - n)) / last  # sd of the last look's estimate, given this one's
+        # worse: the estimate below -half; equivalent: inside +-(margin - half), less what overlaps
+        worse = stats.norm.cdf((-half - gap) / moves)
+        inside = plan.margin - half
+        below = np.maximum(-inside, -half)
+        equal = stats.norm.cdf((inside - gap) / moves) - stats.norm.cdf((below - gap) / moves)
+        chance = worse + np.where(inside > 0, np.clip(equal, 0, None), 0.0)
+    return np.where(np.isfinite(chance), chance, 1.0)  # unknown (one seed, a lone configuration): go on
 
 
 def _versus_others(m: np.ndarray) -> np.ndarray:
