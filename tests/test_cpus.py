@@ -70,7 +70,8 @@ def test_the_users_own_threads_are_kept_and_still_count_as_busy(lease_dir, monke
     assert cpus.threads_for_job(3, 1) == (3, "train.threads")
     assert cpus.lease(1) >= 1  # held from the call above
     cpus.release()
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # as run.py finds it, and keeps it (prepare_environment)
+    monkeypatch.setenv(cpus.USER_THREADS, "2")
     assert cpus.threads_for_job(None, 1) == (2, "OMP_NUM_THREADS")
     assert cpus.threads_for_job(4, 1) == (4, "train.threads")  # the explicit key wins
 

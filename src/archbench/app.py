@@ -95,6 +95,7 @@ def run_job(cfg: DictConfig) -> float | None:
         generator=torch.Generator(device).manual_seed(cfg.seed),
         amp=cfg.train.amp,
         progress=cfg.train.progress,
+        bar=parallel_bar(),
         scheduler=scheduler(cfg.scheduler, optimizer, steps_per_epoch=steps),
         interval=cfg.scheduler.interval,
         monitor=cfg.scheduler.get("monitor"),
@@ -229,9 +230,22 @@ def default_threads() -> tuple[int, bool]:
     launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
     if launcher.get("cpus_per_task"):  # submitit: the CPUs asked for per job
         return max(1, min(cores, launcher.cpus_per_task)), True
-    jobs = launcher.get("n_jobs") or 1
+    if HydraConfig.initialized() and HydraConfig.get().mode != RunMode.MULTIRUN:
+        return cores, False  # a single run: the launcher (joblib's, by default) runs no others
+    jobs = launcher.get("n_jobs") or 1  # the basic launcher: one job at a time
     jobs = cores if jobs < 0 else jobs  # joblib's -1: one job per core
     return max(1, cores // jobs), False
+
+
+def parallel_bar() -> tuple[int, str] | None:
+    """A job of a sweep whose launcher runs several at once: its own terminal line (its slot among
+    them) and label (`#3`, as Hydra's launch lines number the jobs); None otherwise."""
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    if hydra is None or hydra.mode != RunMode.MULTIRUN:
+        return None
+    jobs = hydra.launcher.get("n_jobs") or 1
+    jobs = cpus.usable_cores() if jobs < 0 else jobs
+    return (hydra.job.num % jobs, f"#{hydra.job.num}") if jobs > 1 else None
 
 
 def job_overrides() -> list[str]:

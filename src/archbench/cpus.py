@@ -15,20 +15,41 @@ each from the field:
   cores the first leaves and no more.
 The cores a process may use at all come from joblib's (loky's) cpu_count: affinity (a Slurm
 allocation, taskset), the cgroup CPU quota (a container) and LOKY_MAX_CPU_COUNT.
+
+A sweep runs its jobs side by side (Hydra's joblib launcher, `sweep_jobs` jobs at once), one thread
+each by default: small networks gain little from a second thread (the mlp: 4.6 s an epoch at 1 or 2
+threads on a 2-core Xeon), so two 1-thread jobs finish two runs in the time of one. A job's share is
+fixed by the machine, not by what runs beside it, so the same seed gives the same figures.
 """
 
 import fcntl
 import os
+import sys
 import tempfile
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 LEASE_DIR = Path(tempfile.gettempdir()) / "archbench-cores"
+# the most a Fashion-MNIST job takes (cnn3: 2.3 GB at its peak, measured), with room: a sweep runs no
+# more jobs at once than the machine's memory holds
+JOB_MEMORY = 3 * 2**30
+USER_THREADS = "ARCHBENCH_OMP_NUM_THREADS"  # the user's OMP_NUM_THREADS, as run.py found it
 _held: list[int] = []  # the open lock files of this process's lease
 
 
 def prepare_environment() -> None:
-    """Before torch loads: waiting OpenMP threads sleep, unless the user chose a policy."""
+    """Before torch loads: waiting OpenMP threads sleep, unless the user chose a policy; and the
+    user's own OMP_NUM_THREADS (or none) is kept where the sweep's jobs find it, as joblib sets
+    OMP_NUM_THREADS in its workers (cores / n_jobs) where the user has not."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault(USER_THREADS, os.environ.get("OMP_NUM_THREADS", ""))
+
+
+def users_threads() -> int | None:
+    """OMP_NUM_THREADS as the user set it before archbench started, if at all."""
+    value = os.environ.get(USER_THREADS, os.environ.get("OMP_NUM_THREADS", ""))
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def usable_cores() -> int:
@@ -64,6 +85,26 @@ def release() -> None:
         os.close(_held.pop())
 
 
+def sweep_jobs(threads, device) -> int:
+    """How many jobs a sweep runs side by side (the joblib launcher's n_jobs): as many as the usable
+    cores hold at `threads` each (train.threads, else OMP_NUM_THREADS, else 1), and the memory holds;
+    one where the jobs would share one accelerator (device=cuda..., or auto on a machine with one)."""
+    device = str(device)
+    if device.startswith(("cuda", "mps")) or (device == "auto" and _accelerator()):
+        return 1
+    per_job = int(threads) if threads else users_threads() or 1
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # the total: the same in every job
+    return max(1, min(usable_cores() // per_job, memory // JOB_MEMORY))
+
+
+def _accelerator() -> bool:
+    """A GPU that device=auto would take, seen without importing torch (the launcher's process)."""
+    return sys.platform == "darwin" or Path("/dev/nvidia0").exists() or Path("/dev/kfd").exists()
+
+
+OmegaConf.register_new_resolver("archbench.jobs", sweep_jobs, replace=True)
+
+
 def threads_for_job(asked: int | None, share: int, allocated: bool = False) -> tuple[int, str]:
     """The CPU threads of one job and why: `asked` (train.threads) wins, then OMP_NUM_THREADS, then
     a Slurm job's own allocation (`allocated`: `share` CPUs the scheduler gave it alone), then the
@@ -71,8 +112,8 @@ def threads_for_job(asked: int | None, share: int, allocated: bool = False) -> t
     if asked:
         lease(asked)  # counted as busy by the others, even where the user asks for more than is free
         return asked, "train.threads"
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
-        wanted = int(os.environ["OMP_NUM_THREADS"])
+    if users_threads():
+        wanted = users_threads()
         lease(wanted)
         return wanted, "OMP_NUM_THREADS"
     if allocated:

@@ -52,6 +52,9 @@ class Trainer:
     generator: torch.Generator  # shuffling, kept apart from the global RNG so a resume can restore it
     amp: bool | str = "auto"  # bf16 autocast: auto = on CUDA only, true = wherever supported
     progress: bool = True
+    # a job of a parallel sweep: (its line on the terminal, its label): one bar, for its epochs only,
+    # so that the jobs running at once each keep a line of their own
+    bar: tuple[int, str] | None = None
     check_every: int = 100  # batches between finite-loss checks
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     interval: str = "epoch"  # when the scheduler steps: after every "epoch" or every "batch"
@@ -123,7 +126,9 @@ class Trainer:
         losses = []
         predicted = torch.empty_like(order)
         starts = range(0, len(order), self.batch_size)
-        for step, start in enumerate(tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=self._quiet)):
+        for step, start in enumerate(
+            tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=self._quiet or bool(self.bar))
+        ):
             idx = order[start : start + self.batch_size]
             xb, yb = x.index_select(0, idx), y.index_select(0, idx)  # cheaper than x[idx]
             if self.augment is not None:
@@ -174,7 +179,11 @@ class Trainer:
         best epoch's, whose weights the model then has again, with best_epoch and stopped_epoch.
         """
         final: dict[str, float] = {}
-        for epoch in tqdm(range(start_epoch, epochs + 1), desc="epochs", disable=self._quiet):
+        line, label = self.bar or (None, "epochs")
+        epoch_bar = tqdm(
+            range(start_epoch, epochs + 1), desc=label, position=line, leave=line is None, disable=self._quiet
+        )
+        for epoch in epoch_bar:
             if self.stopper is not None and self.stopper.stopped:  # also when resumed after the stop
                 break
             lr = self.optimizer.param_groups[0]["lr"]  # the lr the epoch starts with
