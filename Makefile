@@ -17,7 +17,7 @@ AS_ROOT := $(shell [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && echo 
 
 .DEFAULT_GOAL := help
 .PHONY: help install data run sweep-activations sweep-architectures search compare ui server \
-        bench test test-fast test-deps lint clean
+        bench bench-throughput test test-fast test-deps lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ server: install ## a team MLflow server (basic-auth, PostgreSQL); needs ARCHBENC
 
 bench: install ## epoch speed: textbook loop vs archbench, side by side
 	$(PY) benchmarks/epoch_speed.py $(ARGS)
+
+bench-throughput: install ## sweeps: side by side against one at a time, alone and beside neighbours
+	$(PY) benchmarks/throughput.py $(ARGS)
 
 test-deps: ## Chromium, PostgreSQL and Slurm for the end-to-end tests (installed when run as root)
 	@missing=""; command -v chromium >/dev/null && [ -x /usr/bin/chromedriver ] || missing="chromium chromium-driver"; \

@@ -13,6 +13,11 @@ from pathlib import Path
 from archbench import cpus
 
 cpus.prepare_environment()  # as run.py does, before any test module loads torch
+# The suite runs its tests side by side (pytest-xdist), so each test's sweeps run one job at a time,
+# as on a 1-core machine (joblib's count, which the default launcher's n_jobs follows); the tests of
+# side-by-side sweeps take the limit away: run_py(..., env=ALL_CORES)
+os.environ["LOKY_MAX_CPU_COUNT"] = "1"
+ALL_CORES = {"LOKY_MAX_CPU_COUNT": None}
 
 import pytest  # noqa: E402
 from hydra import compose, initialize  # noqa: E402
@@ -76,12 +81,18 @@ def compose_job(tmp_path: Path, *overrides: str) -> DictConfig:
 
 
 def run_py(tmp_path: Path, *args: str, small_job: bool = True, timeout: int = 300, env=None):
-    """`python run.py ARGS` in the project root, ARGS in the order given; returns the CompletedProcess."""
+    """`python run.py ARGS` in the project root, ARGS in the order given; returns the CompletedProcess.
+    env: variables to set on top of this process's, or to remove (None)."""
     cmd = [sys.executable, "run.py", *(shrunk(tmp_path, args) if small_job else args)]
     return subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=patience(timeout),
-        env={**os.environ, **(env or {})},
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=patience(timeout), env=environment(env),
     )  # fmt: skip
+
+
+def environment(changes: dict | None) -> dict:
+    """This process's environment with `changes`: a value sets a variable, None removes it."""
+    env = {**os.environ, **(changes or {})}
+    return {k: v for k, v in env.items() if v is not None}
 
 
 def store(tmp_path: Path):

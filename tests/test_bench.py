@@ -71,3 +71,11 @@ def test_neighbours_runs(tmp_path):
     assert "old (" not in table
     row = rf"\| archbench \(lease, passive wait\) \| \d+\.\d+ s \| {cell}, {cell} \| {cell} \|"
     assert re.search(row, table), table
+
+
+def test_throughput_runs(tmp_path):
+    table = bench("throughput.py", tmp_path, "--train-size", "300", "--seeds", "1")
+    rate = r"\d+\.\d \(\d+\.\d\dx\)"
+    for policy in (r"default \(side by side, 1 thread each\)", r"old \(one at a time, all cores\)"):
+        assert re.search(rf"\| {policy} \| {rate} \| {rate}, \d+\.\dx \| {rate}, \d+\.\dx \|", table), table
+    assert "| old (one at a time, all cores) | " in table and "(1.00x)" in table  # the reference

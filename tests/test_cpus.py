@@ -24,6 +24,7 @@ def lease_dir(tmp_path, monkeypatch):
     """A lease folder of the test's own (through TMPDIR, as for every process it starts), so that the
     suite's other jobs neither see these leases nor take these cores."""
     monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.delenv("LOKY_MAX_CPU_COUNT")  # the machine's cores, not the suite's limit (conftest)
     monkeypatch.setattr(cpus, "LEASE_DIR", tmp_path / "archbench-cores")
     yield tmp_path
     cpus.release()
@@ -81,8 +82,9 @@ def test_the_usable_cores_follow_affinity_and_the_loky_limit():
     env = {**os.environ, "LOKY_MAX_CPU_COUNT": "1"}
     limited = subprocess.run([sys.executable, "-c", count], env=env, capture_output=True, text=True)
     assert limited.stdout.strip() == "1", limited.stderr
+    free = {k: v for k, v in os.environ.items() if k != "LOKY_MAX_CPU_COUNT"}  # the suite's limit
     pinned = subprocess.run(
-        ["taskset", "-c", "0", sys.executable, "-c", count], capture_output=True, text=True
+        ["taskset", "-c", "0", sys.executable, "-c", count], capture_output=True, text=True, env=free
     )
     assert pinned.stdout.strip() == "1", pinned.stderr
 

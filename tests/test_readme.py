@@ -466,7 +466,11 @@ def run_section(section: str, tmp_path: Path, cluster: dict | None = None) -> No
             runs_so_far = store(tmp_path).get_metric_history(parent.info.run_id, "race_runs")
             assert len(jobs) == max(m.value for m in runs_so_far) >= 3 * len(set(promise.names)), command
             assert {re.sub(r"-s\d+$", "", r.info.run_name) for r in jobs} == set(promise.names), command
-            assert parent.data.tags["race.stopped"] in ("all resolved", "race.max_seeds=5 reached"), command
+            assert parent.data.tags["race.stopped"] in (
+                "all resolved",
+                "race.max_seeds=5 reached",
+                "all resolved but 1, which more seeds would likely not settle",
+            ), command
         else:
             assert len(jobs) == promise.jobs, command
         if promise.names and not promise.raced:

@@ -15,7 +15,7 @@ from archbench.compare import report
 from archbench.compare.table import csv_text, markdown
 from archbench.tracking.runs import client
 from archbench.train import Trainer
-from conftest import all_runs, compose_job, run_py, store
+from conftest import ALL_CORES, all_runs, compose_job, run_py, store
 
 
 def parent_and_children(tmp_path):
@@ -97,9 +97,11 @@ def test_parent_run_holds_the_comparison(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_failed_job_is_a_failed_row(tmp_path):
-    # the failures come first: the job after them must still run and be recorded
-    result = run_py(tmp_path, "-m", "optimizer.lr=1e5,-1,0.1")
+@pytest.mark.parametrize("cores", [None, ALL_CORES], ids=["one at a time", "side by side"])
+def test_a_failed_job_is_a_failed_row(tmp_path, cores):
+    # the failures come first: the job after them must still run and be recorded, whether the jobs
+    # run one at a time or side by side (the default launcher on more than one core)
+    result = run_py(tmp_path, "-m", "optimizer.lr=1e5,-1,0.1", env=cores)
     assert result.returncode == 1
     parent, children = parent_and_children(tmp_path)
     assert sorted(r.info.status for r in children) == ["FAILED", "FINISHED"]

@@ -245,7 +245,8 @@ def parallel_bar() -> tuple[int, str] | None:
         return None
     jobs = hydra.launcher.get("n_jobs") or 1
     jobs = cpus.usable_cores() if jobs < 0 else jobs
-    return (hydra.job.num % jobs, f"#{hydra.job.num}") if jobs > 1 else None
+    num = OmegaConf.select(hydra, "job.num", default=None)  # None: composed, not launched (the tests)
+    return (num % jobs, f"#{num}") if jobs > 1 and num is not None else None
 
 
 def job_overrides() -> list[str]:
