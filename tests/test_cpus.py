@@ -5,11 +5,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
 from archbench import cpus
-from conftest import ROOT, all_runs, run_py, small
+from conftest import ROOT, all_runs, patience, run_py, small
 
 HOLD = """
 import sys, time
@@ -67,6 +68,23 @@ def test_a_second_process_gets_the_cores_the_first_left(lease_dir):
         process.wait()
 
 
+def test_a_sweeps_job_waits_for_a_free_core_rather_than_share_one(lease_dir):
+    """Two sweeps at once: the second one's jobs queue for cores instead of running beside the first's
+    (4 one-thread jobs on 2 cores would each train at half speed, and longer with start-ups)."""
+    process, _ = holder(len(os.sched_getaffinity(0)))  # another sweep's jobs hold every core
+    got = []
+    waiting = threading.Thread(target=lambda: got.append(cpus.threads_for_job(None, 1, "queued")))
+    try:
+        waiting.start()
+        waiting.join(timeout=2)
+        assert waiting.is_alive() and not got  # still waiting: every core is held
+    finally:
+        process.kill()  # its jobs end: their cores come free
+        process.wait()
+    waiting.join(timeout=patience(30))
+    assert got == [(1, "a core of its own, 1 thread per job of a sweep")]
+
+
 def test_the_users_own_threads_are_kept_and_still_count_as_busy(lease_dir, monkeypatch):
     assert cpus.threads_for_job(3, 1) == (3, "train.threads")
     assert cpus.lease(1) >= 1  # held from the call above
@@ -116,8 +134,8 @@ def test_a_run_beside_a_process_holding_every_core_takes_one_thread_and_logs_it(
 def test_a_slurm_jobs_own_cpus_are_its_threads_whatever_else_holds_the_lease(lease_dir):
     process, _ = holder(len(os.sched_getaffinity(0)))  # on the node, another job holds the lease
     try:
-        assert cpus.threads_for_job(None, 2, allocated=True) == (2, "the Slurm job's CPUs")
-        assert cpus.threads_for_job(1, 2, allocated=True) == (1, "train.threads")
+        assert cpus.threads_for_job(None, 2, hold="allocated") == (2, "the Slurm job's CPUs")
+        assert cpus.threads_for_job(1, 2, hold="allocated") == (1, "train.threads")
     finally:
         process.kill()
         process.wait()

@@ -122,8 +122,8 @@ def configure(cfg: DictConfig) -> torch.device:
     refused = fits.ignored(cfg.model, cfg.loss, job_overrides(), choices())
     if refused:
         raise ConfigError(refused)
-    share, allocated = default_threads()
-    threads, why = cpus.threads_for_job(cfg.train.threads, share, allocated)
+    share, hold = default_threads()
+    threads, why = cpus.threads_for_job(cfg.train.threads, share, hold)
     log.info("%d CPU thread%s (%s)", threads, "s"[: threads > 1], why)
     with open_dict(cfg):
         cfg.train.threads = threads  # logged as used: the thread count changes float results
@@ -223,18 +223,23 @@ def model_name(cfg: DictConfig) -> str:
     return cfg.model._target_.rsplit(".", 1)[-1] if cfg.resume else choices()["model"]
 
 
-def default_threads() -> tuple[int, bool]:
+def default_threads() -> tuple[int, str]:
     """The cores this process may use, shared among the jobs a parallel launcher runs at once, and
-    whether a scheduler allocated them to this job alone (submitit's cpus_per_task)."""
+    how the job holds them (cpus.threads_for_job): "allocated" by a scheduler to this job alone
+    (submitit's cpus_per_task), "queued" (a job of archbench's side-by-side sweep: one thread, and it
+    waits for a core that no other archbench job holds), or "shared"."""
     cores = cpus.usable_cores()  # on SLURM: the job's allocation; in a container: its CPU quota
-    launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    launcher = hydra.launcher if hydra else {}
     if launcher.get("cpus_per_task"):  # submitit: the CPUs asked for per job
-        return max(1, min(cores, launcher.cpus_per_task)), True
-    if HydraConfig.initialized() and HydraConfig.get().mode != RunMode.MULTIRUN:
-        return cores, False  # a single run: the launcher (joblib's, by default) runs no others
-    jobs = launcher.get("n_jobs") or 1  # the basic launcher: one job at a time
+        return max(1, min(cores, launcher.cpus_per_task)), "allocated"
+    if hydra is None or hydra.mode != RunMode.MULTIRUN:
+        return cores, "shared"  # a single run: the launcher (joblib's, by default) runs no others
+    if OmegaConf.is_interpolation(launcher, "n_jobs"):  # conf/hydra/launcher/parallel.yaml's own
+        return 1, "queued"
+    jobs = launcher.get("n_jobs") or 1  # the basic launcher: one job at a time; or the user's n_jobs
     jobs = cores if jobs < 0 else jobs  # joblib's -1: one job per core
-    return max(1, cores // jobs), False
+    return max(1, cores // jobs), "shared"
 
 
 def parallel_bar() -> tuple[int, str] | None:

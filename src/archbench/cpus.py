@@ -18,22 +18,29 @@ allocation, taskset), the cgroup CPU quota (a container) and LOKY_MAX_CPU_COUNT.
 
 A sweep runs its jobs side by side (Hydra's joblib launcher, `sweep_jobs` jobs at once), one thread
 each by default: small networks gain little from a second thread (the mlp: 4.6 s an epoch at 1 or 2
-threads on a 2-core Xeon), so two 1-thread jobs finish two runs in the time of one. A job's share is
-fixed by the machine, not by what runs beside it, so the same seed gives the same figures.
+threads on a 2-core Xeon), so two 1-thread jobs finish two runs in the time of one. Such a job waits
+for a core no other archbench job holds, so a second sweep started beside the first queues its jobs
+for the same cores instead of doubling up on them: each job trains as fast as alone. Its thread
+count is always 1, whatever runs beside it, so the same seed gives the same figures.
 """
 
 import fcntl
+import logging
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
 
 LEASE_DIR = Path(tempfile.gettempdir()) / "archbench-cores"
 # the most a Fashion-MNIST job takes (cnn3: 2.3 GB at its peak, measured), with room: a sweep runs no
 # more jobs at once than the machine's memory holds
 JOB_MEMORY = 3 * 2**30
+WAIT_S = 0.2  # how often a sweep's job that waits for a core looks for one
 USER_THREADS = "ARCHBENCH_OMP_NUM_THREADS"  # the user's OMP_NUM_THREADS, as run.py found it
 _held: list[int] = []  # the open lock files of this process's lease
 
@@ -105,10 +112,12 @@ def _accelerator() -> bool:
 OmegaConf.register_new_resolver("archbench.jobs", sweep_jobs, replace=True)
 
 
-def threads_for_job(asked: int | None, share: int, allocated: bool = False) -> tuple[int, str]:
+def threads_for_job(asked: int | None, share: int, hold: str = "shared") -> tuple[int, str]:
     """The CPU threads of one job and why: `asked` (train.threads) wins, then OMP_NUM_THREADS, then
-    a Slurm job's own allocation (`allocated`: `share` CPUs the scheduler gave it alone), then the
-    free cores of the lease, up to `share` (the usable cores divided among the parallel jobs)."""
+    by `hold`: "allocated", a Slurm job's own CPUs (`share` of them, which the scheduler gave it
+    alone); "queued", a job of a side-by-side sweep, which waits for a free core and takes one
+    thread; "shared", the free cores of the lease up to `share` (the usable cores divided among the
+    parallel jobs), or one thread beside the others where none is free."""
     if asked:
         lease(asked)  # counted as busy by the others, even where the user asks for more than is free
         return asked, "train.threads"
@@ -116,9 +125,15 @@ def threads_for_job(asked: int | None, share: int, allocated: bool = False) -> t
         wanted = users_threads()
         lease(wanted)
         return wanted, "OMP_NUM_THREADS"
-    if allocated:
+    if hold == "allocated":
         lease(share)  # the others see them taken, where a node's jobs share one temp folder
         return share, "the Slurm job's CPUs"
+    if hold == "queued":
+        if not lease(1):
+            log.info("waiting for a free core: other archbench jobs hold them all")
+            while not lease(1):  # a sleep, not a blocking flock: Ctrl-C and SIGTERM end it at once
+                time.sleep(WAIT_S)
+        return 1, "a core of its own, 1 thread per job of a sweep"
     free = lease(max(1, min(share, usable_cores())))
     if free == 0:
         return 1, "no free core: other archbench jobs lease them all"
