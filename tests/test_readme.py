@@ -114,6 +114,12 @@ PROMISES = {
         metrics=RECORD,
         parent_files=("comparison.md", "comparison.csv", "comparison.png", "curves.png"),
     ),
+    "python run.py -m activation=relu,tanh hydra/launcher=basic": Promise(
+        jobs=2, sweeps=1, names=seeded(["mlp-relu-sgd", "mlp-tanh-sgd"])
+    ),
+    "python run.py -m model=cnn2,cnn3 train.threads=2": Promise(
+        jobs=2, sweeps=1, names=seeded(["cnn2-relu-sgd", "cnn3-relu-sgd"]), params=(("train.threads", "2"),)
+    ),
     "python run.py -m hydra/launcher=submitit_local activation=relu,tanh": Promise(
         jobs=2, sweeps=1, names=seeded(["mlp-relu-sgd", "mlp-tanh-sgd"]), sweep_dir=(".submitit",)
     ),
