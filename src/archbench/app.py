@@ -235,7 +235,8 @@ def default_threads() -> tuple[int, str]:
         return max(1, min(cores, launcher.cpus_per_task)), "allocated"
     if hydra is None or hydra.mode != RunMode.MULTIRUN:
         return cores, "shared"  # a single run: the launcher (joblib's, by default) runs no others
-    if "n_jobs" in launcher and OmegaConf.is_interpolation(launcher, "n_jobs"):  # conf/hydra/launcher/parallel.yaml's own
+    # conf/hydra/launcher/parallel.yaml's own n_jobs (an interpolation), not one the user set
+    if "n_jobs" in launcher and OmegaConf.is_interpolation(launcher, "n_jobs"):
         return 1, "queued"
     jobs = launcher.get("n_jobs") or 1  # the basic launcher: one job at a time; or the user's n_jobs
     jobs = cores if jobs < 0 else jobs  # joblib's -1: one job per core
