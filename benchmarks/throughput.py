@@ -80,6 +80,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--train-size", type=int, default=2000, help="synthetic data: training samples")
+    parser.add_argument(
+        "--alone-only", action="store_true", help="without the neighbours (a smoke run: 2 sweeps, not 8)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "throughput.md")
     args = parser.parse_args()
     rows = [
@@ -95,16 +98,15 @@ def main() -> None:
         measured = {}
         for tag, (name, launcher) in enumerate(POLICIES.items()):
             alone, alone_times = scenario(args, Path(tmp), f"p{tag}", launcher, 1, False)
-            pair, pair_times = scenario(args, Path(tmp), f"p{tag}", launcher, 2, False)
-            busy, busy_times = scenario(args, Path(tmp), f"p{tag}", launcher, 1, True)
-            base = statistics.median(alone_times)
-            measured[name] = (alone, pair, busy, max(pair_times) / base, max(busy_times) / base)
+            base, cells = statistics.median(alone_times), [alone]
+            for sweeps, foreign in () if args.alone_only else ((2, False), (1, True)):
+                rate, times = scenario(args, Path(tmp), f"p{tag}", launcher, sweeps, foreign)
+                cells.append((rate, max(times) / base))
+            measured[name] = cells
         old = measured["old (one at a time, all cores)"][0]
-        for name, (alone, pair, busy, pair_worst, busy_worst) in measured.items():
-            rows.append(
-                f"| {name} | {alone:.1f} ({alone / old:.2f}x) | {pair:.1f} ({pair / old:.2f}x), "
-                f"{pair_worst:.1f}x | {busy:.1f} ({busy / old:.2f}x), {busy_worst:.1f}x |"
-            )
+        for name, (alone, *beside) in measured.items():
+            shown = [f"{rate:.1f} ({rate / old:.2f}x), {worst:.1f}x" for rate, worst in beside] or ["-", "-"]
+            rows.append(f"| {name} | {alone:.1f} ({alone / old:.2f}x) | {' | '.join(shown)} |")
     publish(rows, args.out)
 
 

@@ -74,8 +74,9 @@ def test_neighbours_runs(tmp_path):
 
 
 def test_throughput_runs(tmp_path):
-    table = bench("throughput.py", tmp_path, "--train-size", "300", "--seeds", "1")
+    # alone only: the neighbours' scenarios are the same sweeps started beside others (6 sweeps more)
+    table = bench("throughput.py", tmp_path, "--train-size", "300", "--seeds", "1", "--alone-only")
     rate = r"\d+\.\d \(\d+\.\d\dx\)"
     for policy in (r"default \(side by side, 1 thread each\)", r"old \(one at a time, all cores\)"):
-        assert re.search(rf"\| {policy} \| {rate} \| {rate}, \d+\.\dx \| {rate}, \d+\.\dx \|", table), table
-    assert "| old (one at a time, all cores) | " in table and "(1.00x)" in table  # the reference
+        assert re.search(rf"\| {policy} \| {rate} \| - \| - \|", table), table
+    assert re.search(r"\| old \(one at a time, all cores\) \| \d+\.\d \(1\.00x\) \|", table)  # the reference

@@ -228,11 +228,12 @@ def default_threads() -> tuple[int, str]:
     how the job holds them (cpus.threads_for_job): "allocated" by a scheduler to this job alone
     (submitit's cpus_per_task), "queued" (a job of archbench's side-by-side sweep: one thread, and it
     waits for a core that no other archbench job holds), or "shared"."""
-    cores = cpus.usable_cores()  # on SLURM: the job's allocation; in a container: its CPU quota
     hydra = HydraConfig.get() if HydraConfig.initialized() else None
     launcher = hydra.launcher if hydra else {}
-    if launcher.get("cpus_per_task"):  # submitit: the CPUs asked for per job
-        return max(1, min(cores, launcher.cpus_per_task)), "allocated"
+    if launcher.get("cpus_per_task"):  # submitit: the CPUs the scheduler gave this job, within its
+        # affinity (a local process-pool limit such as LOKY_MAX_CPU_COUNT is not the scheduler's)
+        return max(1, min(len(os.sched_getaffinity(0)), launcher.cpus_per_task)), "allocated"
+    cores = cpus.usable_cores()  # affinity (a Slurm allocation, taskset), a container's CPU quota
     if hydra is None or hydra.mode != RunMode.MULTIRUN:
         return cores, "shared"  # a single run: the launcher (joblib's, by default) runs no others
     # conf/hydra/launcher/parallel.yaml's own n_jobs (an interpolation), not one the user set
