@@ -35,6 +35,15 @@ def trainer(**kw) -> Trainer:
     return Trainer(model, opt, torch.nn.MSELoss(), 100, torch.Generator().manual_seed(0), **kw)
 
 
+@pytest.mark.parametrize("bar", [None, (0, "#0")], ids=["a run", "a job of a parallel sweep"])
+def test_batch_bars_show_on_a_terminal_only_and_never_in_a_parallel_sweep(capsys, bar):
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    fit = Trainer(model, opt, torch.nn.CrossEntropyLoss(), 100, torch.Generator().manual_seed(0), bar=bar)
+    fit.train_one_epoch(torch.randn(300, 4), torch.randint(0, 3, (300,)), 1)
+    assert "epoch 1" not in capsys.readouterr().err  # captured: not a terminal, so no bar either way
+
+
 def test_limited_epochs_start_as_full_ones_and_overfit_repeats_one_batch():
     full, limited = trainer(), trainer(limit_batches=3)
     for _ in range(2):  # the second epoch too: a limited epoch moves the shuffle generator as a full one

@@ -239,9 +239,14 @@ def default_threads() -> tuple[int, str]:
     # conf/hydra/launcher/parallel.yaml's own n_jobs (an interpolation), not one the user set
     if "n_jobs" in launcher and OmegaConf.is_interpolation(launcher, "n_jobs"):
         return 1, "queued"
-    jobs = launcher.get("n_jobs") or 1  # the basic launcher: one job at a time; or the user's n_jobs
-    jobs = cores if jobs < 0 else jobs  # joblib's -1: one job per core
-    return max(1, cores // jobs), "shared"
+    return max(1, cores // jobs_at_once(launcher)), "shared"  # the user's n_jobs, or the basic launcher
+
+
+def jobs_at_once(launcher) -> int:
+    """How many jobs a sweep's launcher runs at once: its n_jobs (joblib's -1: one per core), or 1
+    (the basic launcher)."""
+    jobs = launcher.get("n_jobs") or 1
+    return cpus.usable_cores() if jobs < 0 else jobs
 
 
 def parallel_bar() -> tuple[int, str] | None:
@@ -250,8 +255,7 @@ def parallel_bar() -> tuple[int, str] | None:
     hydra = HydraConfig.get() if HydraConfig.initialized() else None
     if hydra is None or hydra.mode != RunMode.MULTIRUN:
         return None
-    jobs = hydra.launcher.get("n_jobs") or 1
-    jobs = cpus.usable_cores() if jobs < 0 else jobs
+    jobs = jobs_at_once(hydra.launcher)
     num = OmegaConf.select(hydra, "job.num", default=None)  # None: composed, not launched (the tests)
     return (num % jobs, f"#{num}") if jobs > 1 and num is not None else None
 

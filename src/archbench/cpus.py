@@ -121,8 +121,7 @@ def threads_for_job(asked: int | None, share: int, hold: str = "shared") -> tupl
     if asked:
         lease(asked)  # counted as busy by the others, even where the user asks for more than is free
         return asked, "train.threads"
-    if users_threads():
-        wanted = users_threads()
+    if wanted := users_threads():
         lease(wanted)
         return wanted, "OMP_NUM_THREADS"
     if hold == "allocated":

@@ -127,7 +127,7 @@ class Trainer:
         predicted = torch.empty_like(order)
         starts = range(0, len(order), self.batch_size)
         for step, start in enumerate(
-            tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=self._quiet or bool(self.bar))
+            tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=True if self.bar else self._quiet)
         ):
             idx = order[start : start + self.batch_size]
             xb, yb = x.index_select(0, idx), y.index_select(0, idx)  # cheaper than x[idx]
