@@ -153,11 +153,13 @@ def start(tmp_path, *args):
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def epochs_logged(db) -> int:
-    """Read-only, with sqlite3: an MlflowClient here would race the job's own schema migration."""
+def epochs_logged(db, count: str = "*") -> int:
+    """Epochs logged (or, count="DISTINCT run_uuid", the runs that have logged one). Read-only, with
+    sqlite3: an MlflowClient here would race the job's own schema migration."""
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-            return conn.execute("SELECT COUNT(*) FROM metrics WHERE key = 'train_loss'").fetchone()[0]
+            query = f"SELECT COUNT({count}) FROM metrics WHERE key = 'train_loss'"
+            return conn.execute(query).fetchone()[0]
     except sqlite3.OperationalError:  # no database or no table yet
         return 0
 

@@ -4,7 +4,6 @@ fresh store lose nothing is the README's own "Parallel sweeps" command (tests/te
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import time
 import pytest
 
 from conftest import ALL_CORES, ROOT, all_runs, environment, patience, run_py, shrunk, small
-from test_lifecycle import SLOW
+from test_lifecycle import SLOW, epochs_logged
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +63,9 @@ def test_a_parallel_sweep_stopped_ends_every_job_killed(tmp_path, how):
     )  # fmt: skip
     try:
         deadline = time.monotonic() + patience(180)
-        while running_jobs(tmp_path) < 2:  # both jobs at work: both must end KILLED
+        while (
+            epochs_logged(tmp_path / "mlruns" / "mlflow.db", "DISTINCT run_uuid") < 2
+        ):  # both jobs at work: both must end KILLED
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()
             time.sleep(0.1)
         if how.startswith("SIGTERM"):
@@ -78,13 +79,3 @@ def test_a_parallel_sweep_stopped_ends_every_job_killed(tmp_path, how):
     assert process.returncode == (143 if how.startswith("SIGTERM") else 130), err[-3000:]
     statuses = sorted((r.info.run_name.split("-")[0], r.info.status) for r in all_runs(tmp_path))
     assert statuses == [("mlp", "KILLED"), ("mlp", "KILLED"), ("sweep", "KILLED")], err[-3000:]
-
-
-def running_jobs(tmp_path) -> int:
-    """Jobs that have logged an epoch, read with sqlite3 (read-only: no schema migration raced)."""
-    try:
-        with sqlite3.connect(f"file:{tmp_path}/mlruns/mlflow.db?mode=ro", uri=True) as conn:
-            query = "SELECT COUNT(DISTINCT run_uuid) FROM metrics WHERE key = 'train_loss'"
-            return conn.execute(query).fetchone()[0]
-    except sqlite3.OperationalError:  # no database or no table yet
-        return 0
