@@ -11,7 +11,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from archbench import cpus, fits, images, slurm, splits
+from archbench import cpus, fits, identity, images, slurm, splits
 from archbench.augment import augmentation
 from archbench.config import GROUPS, ConfigError, configuration, validate
 from archbench.debug import CannotOverfit, debug_tag, epoch_batches
@@ -61,6 +61,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def run_job(cfg: DictConfig) -> float | None:
+    # what makes this run the same as another, from the config as composed (identity.py): a later
+    # sweep of the same configuration and seed reuses it rather than training it again
+    same = (identity.settings(cfg), identity.code_version(cfg))
     requeued = slurm.restarted() and not cfg.resume
     if requeued:  # Slurm started this job again (pre-emption, time limit): continue its run, if it had one
         earlier = runs.job_run(cfg, sweep_dir(), slurm.job_id())
@@ -104,7 +107,7 @@ def run_job(cfg: DictConfig) -> float | None:
         limit_batches=cfg.train.limit_batches,
         overfit_batches=cfg.train.overfit_batches,
     )
-    return train_tracked(cfg, trainer, data, device, state)
+    return train_tracked(cfg, trainer, data, device, state, same)
 
 
 def scheduler(node: DictConfig, optimizer: torch.optim.Optimizer, **runtime):
@@ -119,7 +122,8 @@ def scheduler(node: DictConfig, optimizer: torch.optim.Optimizer, **runtime):
 def configure(cfg: DictConfig) -> torch.device:
     """Validate, then set what is process-wide: threads, determinism, the seed."""
     device = validate(cfg)
-    refused = fits.ignored(cfg.model, cfg.loss, job_overrides(), choices())
+    # (a resumed run's config is the one it ran with, resolved: its choices were checked then)
+    refused = None if cfg.resume else fits.ignored(cfg.model, cfg.loss, job_overrides(), choices())
     if refused:
         raise ConfigError(refused)
     share, hold = default_threads()
@@ -146,8 +150,9 @@ def configure(cfg: DictConfig) -> torch.device:
     return device
 
 
-def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict | None) -> float:
-    """Train inside one MLflow run: metrics and a checkpoint per epoch, the final figures at the end."""
+def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict | None, same=None) -> float:
+    """Train inside one MLflow run: metrics and a checkpoint per epoch, the final figures at the end.
+    `same`: the config's identity.settings and code_version, tagged for reuse."""
     counts = parameter_counts(trainer.module)
     unused = fits.unused_groups(cfg.model)  # a network that takes no activation is not named by one
     picked = {group: choice for group, choice in choices().items() if group not in unused}
@@ -160,6 +165,14 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
         "configuration": configuration(job_overrides()),  # MLflow's "Group by" gives one group each
         **debug_tag(cfg),
         **({runs.SLURM_TAG: slurm.job_id()} if slurm.job_id() else {}),
+        **(
+            {
+                identity.CONFIG_TAG: identity.config_key(same[0], data.source_digest),
+                identity.CODE_TAG: same[1],
+            }
+            if same and data.source_digest
+            else {}
+        ),
     }
     name = "-".join(picked[g] for g in ("model", "activation", "optimizer") if g in picked) + f"-s{cfg.seed}"
     logged = runs.params(cfg, picked, device)

@@ -17,7 +17,7 @@ GROUPS = ("model", "activation", "optimizer", "dataset", "loss", "scheduler")  #
 # Overrides that say how or where a job ran, not what was trained: left out of its configuration.
 # (train.threads changes the last bits, not what a comparison is about.)
 NOT_CONFIGURATION = ("seed", "seeds", "tracking", "data_dir", "train.progress", "train.checkpoint",
-                     "train.threads", "resume", "race", "compare")  # fmt: skip
+                     "train.threads", "resume", "race", "compare", "sweep")  # fmt: skip
 MODES = ("train", "inspect")
 HEADS = (None, "softmax", "log_softmax")
 INTERVALS = ("epoch", "batch")
@@ -270,6 +270,9 @@ def validate_sweep(config: DictConfig, seed_swept: bool) -> None:
     if config.seeds != "auto":
         _number(config, "seeds", low=1, integer=True)
     _number(config, "compare.margin", low=0, low_open=True, high=1)
+    reuse = OmegaConf.select(config, "sweep.reuse", default=True)
+    if not isinstance(reuse, bool):
+        raise ConfigError(f"sweep.reuse must be true or false, got {reuse!r}")
     if config.seeds != "auto":
         return
     if seed_swept:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from archbench import identity
 from archbench.data import DataError, Raw
 
 
@@ -32,6 +33,7 @@ class Splits:
     std: torch.Tensor | None = None
     lineage: dict | None = None  # {split: Lineage}: what the data was read from
     test_index: np.ndarray | None = None  # dataset.resample=true: each test example's index in the pool
+    source_digest: str | None = None  # the data as read, before any split (identity.data_digest)
 
 
 def partition(raw: Raw, seed: int) -> Raw:
@@ -125,5 +127,6 @@ def for_job(source, data_dir: Path, device: torch.device, val_fraction: float, s
     if _kept is None or _kept[0] != key:
         _kept = None  # the previous dataset goes before the next one is read: one in memory at a time
         raw = source.load(Path(data_dir))
-        _kept = (key, prepare(raw, device, val_fraction, seed, resample=resample))
+        prepared = prepare(raw, device, val_fraction, seed, resample=resample)
+        _kept = (key, dataclasses.replace(prepared, source_digest=identity.data_digest(raw.get("lineage"))))
     return dataclasses.replace(_kept[1])

@@ -136,7 +136,7 @@ class Race:
             self.ran[c, s] = True
             if result.status == JobStatus.COMPLETED and _score(result) is not None:
                 self.values[0, c, s] = _score(result)
-                found = _predictions(result)
+                found = _predictions(result, self.config)
                 if found is not None:
                     self.correct[(c, s)] = found
         self.returns += results
@@ -167,10 +167,14 @@ class Race:
         os.replace(tmp, self.folder / RECORD)
 
 
-def _predictions(result: JobReturn) -> np.ndarray | None:
-    """A finished job's per-example test predictions, which it left in its own Hydra folder (app.py)."""
+def _predictions(result: JobReturn, config: DictConfig) -> np.ndarray | None:
+    """A finished job's per-example test predictions, which it left in its own Hydra folder (app.py);
+    a reused run's, from the store."""
+    from archbench.tracking import reuse
     from archbench.tracking.records import PREDICTIONS, read_predictions
 
+    if isinstance(result, reuse.Reused):
+        return reuse.predictions(config, result.run_id)
     try:
         path = Path(result.hydra_cfg.hydra.runtime.output_dir) / PREDICTIONS
     except Exception:  # a launcher that returns no Hydra config

@@ -58,6 +58,12 @@ def _row(run) -> dict:
     }
 
 
+def _counted_as(run, tag: str) -> dict:
+    """The configuration a sweep counts a run as, where it says (one it reused: it may have been
+    started by a command written another way)."""
+    return {"configuration": run.data.tags[tag]} if tag in run.data.tags else {}
+
+
 def _failed_row(failure: dict) -> dict:
     """A job that failed before it had a run (a config error, say)."""
     seed = next((o.split("=", 1)[1] for o in failure["overrides"] if o.startswith("seed=")), "0")
@@ -78,11 +84,20 @@ def _search(mlflow_client, experiment_ids: list[str], where: str) -> list:
 
 
 def sweep_runs(mlflow_client, parent_id: str, failures: list[dict] = ()) -> pd.DataFrame:
-    """A row per child run of the sweep, plus one per failed job that left no run."""
+    """A row per run the sweep used: its children, and the runs of earlier sweeps that it reused or
+    resumed (tracking/reuse.py), each as the configuration this sweep counts it as; plus a row per
+    failed job that left no run."""
+    from archbench.tracking.reuse import USED_BY
+
     parent = mlflow_client.get_run(parent_id)
-    runs = _search(mlflow_client, [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    where = [f"tags.mlflow.parentRunId = '{parent_id}'", f"tags.`{USED_BY}{parent_id}` LIKE '%'"]
+    runs = list(
+        {
+            r.info.run_id: r for w in where for r in _search(mlflow_client, [parent.info.experiment_id], w)
+        }.values()
+    )
     recorded = {r.data.tags.get("archbench.overrides", "") for r in runs}
-    rows = [_row(r) for r in runs]
+    rows = [_row(r) | _counted_as(r, USED_BY + parent_id) for r in runs]
     rows += [_failed_row(f) for f in failures if " ".join(f["overrides"]) not in recorded]
     return _frame(rows)
 

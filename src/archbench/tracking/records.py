@@ -23,6 +23,7 @@ def log_datasets(run: Run, lineage: dict) -> None:
     """MLflow's dataset records, one per split (context train, test): the UI's Datasets column."""
     from mlflow.data.schema import TensorDatasetSchema
     from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
     from mlflow.types import Schema, TensorSpec
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -40,7 +41,15 @@ def log_datasets(run: Run, lineage: dict) -> None:
             json.dumps(schema.to_dict()), json.dumps(profile),
         )  # fmt: skip
         inputs.append(DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, split)]))
-    run.client.log_inputs(run.run_id, datasets=inputs)
+    try:
+        run.client.log_inputs(run.run_id, datasets=inputs)
+    except MlflowException as e:
+        # two jobs of a side-by-side sweep recording the same new dataset at once: the store refuses
+        # the later insert (SQLite's "UNIQUE constraint failed", PostgreSQL's "unique constraint");
+        # again, MLflow finds the record the other one wrote and links this run to it
+        if "unique constraint" not in str(e).lower():
+            raise
+        run.client.log_inputs(run.run_id, datasets=inputs)
 
 
 def log_outcome(

@@ -82,7 +82,8 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
 # Keys that say how or where a job ran, not what it trained: in config.yaml, not in the params, where
 # MLflow's runs table and compare page list them beside the configuration (51 params, with them).
 BOOKKEEPING = ("tracking", "train.progress", "train.checkpoint", "data_dir", "resume", "mode", "seeds",
-               "compare", "race", "dataset.system_dir", "dataset.torchvision_class",  # where the data is
+               "compare", "race", "sweep",
+               "dataset.system_dir", "dataset.torchvision_class",  # where the data is
                "dataset.classes")  # fmt: skip
 HYDRA_KEYS = ("_target_", "_partial_")  # which class and how it is called: the group's choice says it
 
@@ -125,8 +126,15 @@ class Run:
         from mlflow.tracking.context.registry import resolve_tags
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-        if parent_run_id:
-            tags = {**tags, MLFLOW_PARENT_RUN_ID: parent_run_id}
+        from archbench.tracking.reuse import PROCESS_TAG, USED_BY, process_tag
+
+        tags = {**tags, PROCESS_TAG: process_tag()}
+        if parent_run_id:  # the sweep's own, as its reused runs are (reuse.py): its comparison is these
+            tags = {
+                **tags,
+                MLFLOW_PARENT_RUN_ID: parent_run_id,
+                USED_BY + parent_run_id: tags.get("configuration", "(defaults)"),
+            }
         run = mlflow_client.create_run(
             experiment_id(mlflow_client, experiment), run_name=name, tags=resolve_tags(tags)
         )
@@ -140,6 +148,9 @@ class Run:
             mlflow_client.delete_tag(run_id, "archbench.error")
         resumed = int(run.data.tags.get("archbench.resumed", 0)) + 1
         mlflow_client.set_tag(run_id, "archbench.resumed", str(resumed))
+        from archbench.tracking.reuse import PROCESS_TAG, process_tag
+
+        mlflow_client.set_tag(run_id, PROCESS_TAG, process_tag())  # this process has it open now
         mlflow_client.update_run(run_id, status="RUNNING")
         return cls(mlflow_client, run_id, run.info.run_name)
 

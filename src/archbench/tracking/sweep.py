@@ -120,7 +120,13 @@ class MlflowSweep(Callback):
         parent_id, self.parent_id = self.parent_id, None
         sweep_dir = Path(config.hydra.sweep.dir)
         mlflow_client = client(config.tracking.uri)
-        failures = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{FAILED_FILE}"))]
+        # this session's: an earlier one run in the same folder (reuse.py) left its own there
+        started = mlflow_client.get_run(parent_id).info.start_time / 1000
+        failures = [
+            json.loads(p.read_text())
+            for p in sorted(sweep_dir.glob(f"*/{FAILED_FILE}"))
+            if p.stat().st_mtime >= started
+        ]
         record = sweep_dir / race.RECORD
         raced = json.loads(record.read_text()) if record.is_file() else None
         statuses: set[str] = set()
@@ -138,7 +144,12 @@ class MlflowSweep(Callback):
             if not runs.empty:
                 correct = report.predictions(mlflow_client, runs)
                 comp = report.Comparison.of(
-                    runs, self.parent_name, margin=config.compare.margin, race=raced, correct=correct
+                    runs,
+                    self.parent_name,
+                    margin=config.compare.margin,
+                    race=raced,
+                    correct=correct,
+                    note=_reused_note(mlflow_client, parent_id),
                 )
                 self._attach(mlflow_client, parent_id, comp)
             _log_best(mlflow_client, parent_id, sweep_dir)
@@ -179,6 +190,20 @@ class MlflowSweep(Callback):
         if interrupted or failures or statuses - {"FINISHED"}:
             return "FAILED"
         return "FINISHED"
+
+
+def _reused_note(mlflow_client, parent_id: str) -> str:
+    """The comparison's word on the runs it took from earlier sweeps rather than training them."""
+    from archbench.tracking.reuse import CONTINUES_TAG, REUSED_TAG
+
+    tags = mlflow_client.get_run(parent_id).data.tags
+    reused = int(tags.get(REUSED_TAG, 0))
+    if not reused:
+        return ""
+    earlier = tags.get(CONTINUES_TAG, "").split()
+    where = f" (from sweep{'s'[: len(earlier) > 1]} {', '.join(earlier)})" if earlier else ""
+    runs = f"{reused} run{'s'[: reused > 1]}"
+    return f"{runs} reused from earlier sweeps{where}, not trained again (sweep.reuse)"
 
 
 def _log_best(mlflow_client, parent_id: str, sweep_dir: Path) -> None:

@@ -70,8 +70,11 @@ def run_link(experiment_id: str, run_id: str) -> str:
 
 
 def for_sweep(mlflow_client, comp, parent_id: str, experiment_id: str) -> str:
-    """A sweep's view (its child runs) under the parent's id; returns its link."""
-    where = f"tags.mlflow.parentRunId = '{parent_id}'"
+    """A sweep's view (its child runs, and the earlier runs it reused) under the parent's id; returns
+    its link."""
+    from archbench.tracking.reuse import USED_BY
+
+    where = f"tags.`{USED_BY}{parent_id}` LIKE '%'"
     configs = list(comp.summary.configuration)
     save(mlflow_client, experiment_id, parent_id, comp.title.split(":")[0], where, configs, comp.metric)
     return link(experiment_id, parent_id)

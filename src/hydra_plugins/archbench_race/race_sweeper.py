@@ -9,13 +9,20 @@ from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
 
 class RaceSweeper(BasicSweeper):
     """The cartesian product of the sweep's overrides, as the basic sweeper runs it, over
-    `seeds` seeds; with seeds=auto, over as many seeds as the race needs."""
+    `seeds` seeds; with seeds=auto, over as many seeds as the race needs. Either way, a job whose
+    configuration and seed the store already holds is not trained again (tracking/reuse.py)."""
 
     def sweep(self, arguments: list[str]) -> Any:
+        from archbench.tracking.reuse import ReusingLauncher  # here: a single run imports no MLflow
+
+        # every batch (a round of a race) launches only what the store does not hold already
+        reuse = OmegaConf.select(self.config, "sweep.reuse", default=True)
+        self.launcher = ReusingLauncher(self.launcher, self.config, self.hydra_context.config_loader, reuse)
         if self.config.get("seeds") != "auto":
             return super().sweep(arguments)
         from archbench.compare.race import Race, configurations

@@ -1,0 +1,187 @@
+"""Sweeps and races that pick up where they stopped (tracking/reuse.py, identity.py): the same command
+run again trains only what the store does not hold, as users type it."""
+
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from archbench import identity
+from conftest import ROOT, all_runs, compose_job, patience, run_py, shrunk, store
+
+START = "reusing {} finished runs, resuming {}, training {} (sweep.reuse=false trains all)"
+
+
+def jobs(tmp_path):
+    return [r for r in all_runs(tmp_path) if r.data.tags.get("archbench.sweep") != "parent"]
+
+
+def parents(tmp_path):
+    runs = [r for r in all_runs(tmp_path) if r.data.tags.get("archbench.sweep") == "parent"]
+    return sorted(runs, key=lambda r: r.info.start_time)
+
+
+def table(stdout: str) -> list[list[str]]:
+    """The comparison's rows, without the training-time column (a reused run's time is its own)."""
+    rows = [line.split("|") for line in stdout.splitlines() if line.startswith("| ")]
+    column = rows[0].index(" time (s) ")
+    return [row[:column] + row[column + 1 :] for row in rows]
+
+
+def test_what_makes_runs_the_same(tmp_path):
+    base = compose_job(tmp_path, "seed=1")
+    key = identity.settings(base)
+    assert key == identity.settings(compose_job(tmp_path, "seed=1", "train.threads=2", "seeds=5"))
+    assert key != identity.settings(compose_job(tmp_path, "seed=2"))
+    assert key != identity.settings(compose_job(tmp_path, "seed=1", "activation=tanh"))
+    assert identity.config_key(key, "a") != identity.config_key(key, "b")  # other data
+    assert identity.code_version(base) == identity.code_version(compose_job(tmp_path, "seed=2"))
+
+
+def test_a_finished_sweep_run_again_trains_nothing_and_more_seeds_train_only_the_new(tmp_path):
+    first = run_py(tmp_path, "-m", "activation=relu,tanh", "seeds=2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert START.format(0, 0, 4) in first.stdout
+    before = {r.info.run_id for r in jobs(tmp_path)}
+    again = run_py(tmp_path, "-m", "activation=relu,tanh", "seeds=2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert START.format(4, 0, 0) in again.stdout
+    assert {r.info.run_id for r in jobs(tmp_path)} == before
+    assert table(again.stdout) == table(first.stdout)
+    more = run_py(tmp_path, "-m", "activation=relu,tanh", "seeds=3")
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert START.format(4, 0, 2) in more.stdout
+    assert "4 runs reused from earlier sweeps" in more.stdout
+    new = [r for r in jobs(tmp_path) if r.info.run_id not in before]
+    assert sorted(r.data.params["seed"] for r in new) == ["2", "2"]
+    rows = table(more.stdout)[1:]
+    assert [row[3].strip() for row in rows] == ["3", "3"]  # n = 3 per configuration
+    # the record: a parent per session; the reused runs tagged with the sweeps that used them
+    first_parent, second, third = parents(tmp_path)
+    reused = [r for r in jobs(tmp_path) if r.info.run_id in before]
+    for run in reused:
+        assert {f"archbench.used_by.{p.info.run_id}" for p in (first_parent, second, third)} <= set(
+            run.data.tags
+        )
+    assert first_parent.info.run_id in third.data.tags["archbench.continues"]
+    # sweep.reuse=false: all again
+    fresh = run_py(tmp_path, "-m", "activation=relu,tanh", "seeds=3", "sweep.reuse=false")
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "sweep.reuse=false: training all 6 runs" in fresh.stdout and len(jobs(tmp_path)) == 12
+    # the folders of every session are their own
+    assert sum(1 for p in (tmp_path / "outputs" / "sweep").iterdir() if p.name.isdigit()) == 4 + 2 + 6
+
+
+@pytest.mark.slow
+def test_a_changed_model_source_retrains_and_says_why(tmp_path):
+    folder = tmp_path / "mywork"
+    (folder / "conf" / "model").mkdir(parents=True)
+    source = (
+        "from torch import nn\n\n\ndef Net(num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(784, num_classes))\n"
+    )
+    (folder / "mynet.py").write_text(source)
+    (folder / "conf" / "model" / "mine.yaml").write_text(
+        "_target_: mynet.Net\nnum_classes: ${dataset.num_classes}\n"
+    )
+    args = ["-m", "model=mine", "seed=0,1", f"hydra.searchpath=[file://{folder}/conf]"]
+    env = {"PYTHONPATH": str(folder)}
+    assert run_py(tmp_path, *args, env=env).returncode == 0
+    same = run_py(tmp_path, *args, env=env)
+    assert START.format(2, 0, 0) in same.stdout, same.stdout[-2000:]
+    (folder / "mynet.py").write_text(source + "# a change: the bias is now ...\n")
+    changed = run_py(tmp_path, *args, env=env)
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    assert START.format(0, 0, 2) in changed.stdout and "2 runs not reused: code changed" in changed.stdout
+    assert len(jobs(tmp_path)) == 4
+
+
+def finished_runs(tmp_path) -> int:
+    import sqlite3
+
+    db = tmp_path / "mlruns" / "mlflow.db"
+    if not db.is_file():
+        return 0
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
+        return conn.execute(
+            "select count(*) from runs r where status = 'FINISHED' and not exists (select 1 from tags t"
+            " where t.run_uuid = r.run_uuid and t.key = 'archbench.sweep')"
+        ).fetchone()[0]
+
+
+def epochs(tmp_path) -> int:
+    from test_race import epochs_logged
+
+    return epochs_logged(tmp_path)
+
+
+def start(tmp_path, args):
+    return subprocess.Popen(
+        [sys.executable, "run.py", *shrunk(tmp_path, args)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def wait_for(process, condition, what: str):
+    deadline = time.monotonic() + patience(180)
+    while not condition():
+        assert process.poll() is None and time.monotonic() < deadline, (what, process.communicate())
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_a_race_killed_after_its_first_round_continues_and_ends_as_if_never_stopped(tmp_path):
+    # two configurations that differ by less than their noise, on a hard synthetic task: the race
+    # needs both its looks (3 and 5 seeds) and ends open, at race.max_seeds
+    args = ["-m", "train.batch_size=100,101", "seeds=auto", "race.max_seeds=5", "train.epochs=3",
+            "dataset.train_size=6000", "dataset.test_size=5000", "dataset.noise=20"]  # fmt: skip
+    killed = tmp_path / "killed"
+    process = start(killed, args)
+    wait_for(process, lambda: finished_runs(killed) >= 6, "the first round")
+    process.send_signal(signal.SIGTERM)  # as the second round starts
+    process.communicate(timeout=patience(120))
+    assert process.returncode == 143
+    done_before = finished_runs(killed)
+    again = run_py(killed, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert START.format(6, 0, 0) in again.stdout  # round 1 replayed from the store
+    finished = [r for r in jobs(killed) if r.info.status == "FINISHED"]
+    pairs = Counter((r.data.tags["configuration"], r.data.params["seed"]) for r in finished)
+    assert set(pairs.values()) == {1} and len(pairs) == 10, pairs  # no (configuration, seed) twice
+    history = store(killed)
+    epochs_of = Counter()  # (configuration, seed, epoch): once, over every run of the pair
+    for run in jobs(killed):  # a resumed one too; a run killed before its first epoch has none
+        for m in history.get_metric_history(run.info.run_id, "train_loss"):
+            epochs_of[(run.data.tags["configuration"], run.data.params["seed"], m.step)] += 1
+    assert len(epochs_of) == 10 * 3 and set(epochs_of.values()) == {1}
+    assert finished_runs(killed) == 10 > done_before >= 6
+    whole = tmp_path / "whole"
+    uninterrupted = run_py(whole, *args)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    assert table(again.stdout) == table(uninterrupted.stdout)
+    first, second = parents(killed)
+    assert first.info.status == "KILLED" and second.info.status == "FINISHED"
+    assert second.data.tags["archbench.continues"] == first.info.run_id
+    assert second.data.tags["race.stopped"] == parents(whole)[0].data.tags["race.stopped"]
+
+
+@pytest.mark.slow
+def test_a_job_killed_mid_epoch_resumes_from_its_checkpoint(tmp_path):
+    # SIGKILL: nothing runs to mark the run KILLED, so it is left RUNNING by a process that is gone
+    args = ["-m", "activation=relu", "seed=0", "train.epochs=4", "dataset.train_size=20000"]
+    process = start(tmp_path, args)
+    wait_for(process, lambda: epochs(tmp_path) >= 2, "two epochs")
+    process.kill()
+    process.wait()
+    (run,) = jobs(tmp_path)
+    assert run.info.status == "RUNNING"
+    again = run_py(tmp_path, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert START.format(0, 1, 0) in again.stdout
+    (resumed,) = jobs(tmp_path)
+    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
+    steps = [m.step for m in store(tmp_path).get_metric_history(run.info.run_id, "train_loss")]
+    assert steps == [1, 2, 3, 4]
