@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 
 @dataclass(frozen=True)
 class Promise:
-    jobs: int = 0  # job runs the command adds, every one FINISHED
+    jobs: int = 0  # job runs the command adds, every one FINISHED; a sweep's: with those it reused
     sweeps: int = 0  # sweep parent runs it adds, FINISHED, each with its jobs as children
     names: tuple[str, ...] = ()  # the added jobs' run names, sorted, where the README names them
     output: tuple[str, ...] = ()  # what its standard output shows
@@ -113,6 +113,19 @@ PROMISES = {
         params=(("train.threads", "1"),),  # jobs x threads <= cores: 1 thread each below 8 cores
         metrics=RECORD,
         parent_files=("comparison.md", "comparison.csv", "comparison.png", "curves.png"),
+    ),
+    # Stopping and starting again: the same sweep with more seeds, then all again
+    "python run.py -m activation=relu,tanh seeds=2": Promise(
+        jobs=4, sweeps=1, names=seeded(["mlp-relu-sgd", "mlp-tanh-sgd"], range(2)),
+        output=("reusing 0 finished runs, resuming 0, training 4 (sweep.reuse=false trains all)",),
+    ),
+    "python run.py -m activation=relu,tanh seeds=4": Promise(  # 4 reused, 4 trained
+        jobs=8, sweeps=1, names=seeded(["mlp-relu-sgd", "mlp-tanh-sgd"], range(4)),
+        output=("reusing 4 finished runs, resuming 0, training 4", "4 runs reused from earlier sweeps"),
+    ),
+    "python run.py -m activation=relu,tanh seeds=4 sweep.reuse=false": Promise(
+        jobs=8, sweeps=1, names=seeded(["mlp-relu-sgd", "mlp-tanh-sgd"], range(4)),
+        output=("sweep.reuse=false: training all 8 runs",),
     ),
     "python run.py -m activation=relu,tanh hydra/launcher=basic": Promise(
         jobs=2, sweeps=1, names=seeded(["mlp-relu-sgd", "mlp-tanh-sgd"])
@@ -464,7 +477,10 @@ def run_section(section: str, tmp_path: Path, cluster: dict | None = None) -> No
         runs = all_runs(tmp_path) if (tmp_path / "mlruns").exists() else []
         new = [r for r in runs if r.info.run_id not in before]
         parents = [r for r in new if r.data.tags.get("archbench.sweep") == "parent"]
-        jobs = [r for r in new if r not in parents]
+        created = [r for r in new if r not in parents]
+        # a sweep's runs: those it trained and those of earlier sweeps it reused (tracking/reuse.py)
+        used = {f"archbench.used_by.{p.info.run_id}" for p in parents}
+        jobs = created + [r for r in runs if r not in new and used & set(r.data.tags)]
         assert len(parents) == promise.sweeps, command
         assert {r.info.status for r in new} <= {"FINISHED"}, command
         if promise.raced:  # the race decides how many: its record says, and every round ran
@@ -483,7 +499,7 @@ def run_section(section: str, tmp_path: Path, cluster: dict | None = None) -> No
             assert sorted(r.info.run_name for r in jobs) == sorted(promise.names), command
         if parents:
             ids = {p.info.run_id for p in parents}
-            assert all(r.data.tags.get("mlflow.parentRunId") in ids for r in jobs), command
+            assert all(r.data.tags.get("mlflow.parentRunId") in ids for r in created), command
         for key, value in promise.params:
             assert {r.data.params[key] for r in jobs} == {value}, (command, key)
         assert all(promise.metrics <= set(r.data.metrics) for r in jobs), command
