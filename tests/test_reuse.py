@@ -41,16 +41,24 @@ def test_what_makes_runs_the_same(tmp_path):
     assert identity.code_version(base) == identity.code_version(compose_job(tmp_path, "seed=2"))
 
 
+@pytest.mark.slow
 def test_a_finished_sweep_run_again_trains_nothing_and_more_seeds_train_only_the_new(tmp_path):
-    first = run_py(tmp_path, "-m", "activation=relu,tanh", "seeds=2")
+    import sqlite3
+
+    args = ["-m", "activation=relu,tanh", "seeds=2"]
+    first = run_py(tmp_path, *args)
     assert first.returncode == 0, first.stderr[-3000:]
     assert START.format(0, 0, 4) in first.stdout
     before = {r.info.run_id for r in jobs(tmp_path)}
-    again = run_py(tmp_path, "-m", "activation=relu,tanh", "seeds=2")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert START.format(4, 0, 0) in again.stdout
+    # typed again, twice at once (each in its own folder, as two sweeps a second apart get them)
+    both = [start(tmp_path, [*args, f"hydra.sweep.dir={tmp_path}/outputs/again-{i}"]) for i in range(2)]
+    for process in both:
+        out, err = process.communicate(timeout=patience(300))
+        assert process.returncode == 0, err[-3000:]
+        assert START.format(4, 0, 0) in out and table(out) == table(first.stdout)
+    with sqlite3.connect(tmp_path / "mlruns" / "mlflow.db") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert {r.info.run_id for r in jobs(tmp_path)} == before
-    assert table(again.stdout) == table(first.stdout)
     more = run_py(tmp_path, "-m", "activation=relu,tanh", "seeds=3")
     assert more.returncode == 0, more.stderr[-3000:]
     assert START.format(4, 0, 2) in more.stdout
@@ -59,20 +67,18 @@ def test_a_finished_sweep_run_again_trains_nothing_and_more_seeds_train_only_the
     assert sorted(r.data.params["seed"] for r in new) == ["2", "2"]
     rows = table(more.stdout)[1:]
     assert [row[3].strip() for row in rows] == ["3", "3"]  # n = 3 per configuration
-    # the record: a parent per session; the reused runs tagged with the sweeps that used them
-    first_parent, second, third = parents(tmp_path)
-    reused = [r for r in jobs(tmp_path) if r.info.run_id in before]
-    for run in reused:
-        assert {f"archbench.used_by.{p.info.run_id}" for p in (first_parent, second, third)} <= set(
-            run.data.tags
-        )
-    assert first_parent.info.run_id in third.data.tags["archbench.continues"]
-    # sweep.reuse=false: all again
-    fresh = run_py(tmp_path, "-m", "activation=relu,tanh", "seeds=3", "sweep.reuse=false")
-    assert fresh.returncode == 0, fresh.stderr[-3000:]
-    assert "sweep.reuse=false: training all 6 runs" in fresh.stdout and len(jobs(tmp_path)) == 12
-    # the folders of every session are their own
-    assert sum(1 for p in (tmp_path / "outputs" / "sweep").iterdir() if p.name.isdigit()) == 4 + 2 + 6
+    # the record: a parent per session; the reused runs tagged with every sweep that used them
+    first_parent, *again, last = parents(tmp_path)
+    assert all(p.info.status == "FINISHED" and p.data.tags["archbench.reused"] == "4" for p in again)
+    for run in jobs(tmp_path):
+        if run.info.run_id in before:
+            sweeps = {f"archbench.used_by.{p.info.run_id}" for p in (first_parent, *again, last)}
+            assert sweeps <= set(run.data.tags)
+    assert first_parent.info.run_id in last.data.tags["archbench.continues"]
+    # the folders of each session are its own: the third's numbered after the first's
+    assert sorted(int(p.name) for p in (tmp_path / "outputs" / "sweep").iterdir() if p.name.isdigit()) == [
+        *range(6)
+    ]
 
 
 @pytest.mark.slow

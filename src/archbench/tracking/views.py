@@ -75,6 +75,8 @@ def for_sweep(mlflow_client, comp, parent_id: str, experiment_id: str) -> str:
     from archbench.tracking.reuse import USED_BY
 
     where = f"tags.`{USED_BY}{parent_id}` LIKE '%'"
+    if not mlflow_client.search_runs([experiment_id], where, max_results=1):  # a sweep from before the tag
+        where = f"tags.mlflow.parentRunId = '{parent_id}'"
     configs = list(comp.summary.configuration)
     save(mlflow_client, experiment_id, parent_id, comp.title.split(":")[0], where, configs, comp.metric)
     return link(experiment_id, parent_id)
