@@ -246,3 +246,30 @@ def test_without_the_model_the_rest_of_the_record_is_kept(tmp_path):
     names = {a.path for a in store(tmp_path).list_artifacts(run.info.run_id)}
     assert {"confusion_matrix.csv", "test_predictions.csv.gz", "checkpoint", "model_summary.txt"} <= names
     assert {"test_accuracy", "params_total", "zz_class_accuracy.class0"} <= set(run.data.metrics)
+
+
+def test_a_dataset_record_another_job_wrote_at_the_same_moment_is_linked_not_failed():
+    """Two jobs of a side-by-side sweep on a fresh store insert the same dataset at once; the store
+    refuses the later insert (SQLite: UNIQUE constraint failed). The job links its run to the record
+    on a second try instead of failing."""
+    from mlflow.exceptions import MlflowException
+
+    from archbench.data import SyntheticSource
+    from archbench.tracking.records import log_datasets
+
+    calls = []
+
+    def log_inputs(run_id, datasets):
+        calls.append(run_id)
+        if len(calls) == 1:
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.digest")
+
+    run = SimpleNamespace(run_id="r1", client=SimpleNamespace(log_inputs=log_inputs))
+    raw = SyntheticSource(
+        name="synthetic", input_shape=[1, 4, 4], num_classes=2, train_size=8, test_size=4, noise=1.0, seed=0
+    ).load(Path("."))
+    log_datasets(run, raw["lineage"])
+    assert calls == ["r1", "r1"]
+    run.client.log_inputs = lambda run_id, datasets: (_ for _ in ()).throw(MlflowException("disk I/O error"))
+    with pytest.raises(MlflowException, match="disk I/O"):  # any other error is the store's, as before
+        log_datasets(run, raw["lineage"])
