@@ -19,12 +19,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from archbench.tracking.runs import BOOKKEEPING, flatten
+
 CONFIG_TAG = "archbench.config_key"
 CODE_TAG = "archbench.code_version"
-# Not what a run trained: where it is kept, how it showed, how many threads it had, how a sweep
-# compares (the runs.BOOKKEEPING keys, and the threads)
-NOT_IDENTITY = ("tracking", "train.progress", "train.checkpoint", "train.threads", "data_dir", "resume",
-                "mode", "seeds", "compare", "race", "sweep", "dataset.system_dir")  # fmt: skip
+# Not what a run trained: what its params leave out (where it is kept, how it showed, how a sweep
+# compares), and how many threads it had
+NOT_IDENTITY = (*BOOKKEEPING, "train.threads")
 # archbench's own code that decides what a run learns: the networks, the data, the training loop
 TRAINING_CODE = ("models.py", "train.py", "data.py", "splits.py", "images.py", "augment.py",
                  "stopping.py", "evaluation.py", "debug.py")  # fmt: skip
@@ -36,20 +37,9 @@ def _digest(value) -> str:
 
 
 def settings(cfg: DictConfig) -> dict[str, str]:
-    """The composed config as dotted keys, each value resolved, without bookkeeping and Hydra's node."""
-    container = OmegaConf.to_container(cfg, resolve=False)
-    container.pop("hydra", None)
-    keys: list[str] = []
-
-    def walk(node, prefix):
-        if isinstance(node, dict) and node:
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            keys.append(prefix[:-1])
-
-    walk(container, "")
-    return {k: str(OmegaConf.select(cfg, k)) for k in keys if not _bookkeeping(k)}
+    """The composed config as dotted keys, resolved, without bookkeeping and Hydra's node."""
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])  # as the job gets it
+    return {k: v for k, v in flatten(job).items() if not _bookkeeping(k)}
 
 
 def _bookkeeping(key: str) -> bool:

@@ -87,15 +87,10 @@ def sweep_runs(mlflow_client, parent_id: str, failures: list[dict] = ()) -> pd.D
     """A row per run the sweep used: its children, and the runs of earlier sweeps that it reused or
     resumed (tracking/reuse.py), each as the configuration this sweep counts it as; plus a row per
     failed job that left no run."""
-    from archbench.tracking.reuse import USED_BY
+    from archbench.tracking.runs import USED_BY, used_by_filter
 
-    parent = mlflow_client.get_run(parent_id)
-    where = [f"tags.mlflow.parentRunId = '{parent_id}'", f"tags.`{USED_BY}{parent_id}` LIKE '%'"]
-    runs = list(
-        {
-            r.info.run_id: r for w in where for r in _search(mlflow_client, [parent.info.experiment_id], w)
-        }.values()
-    )
+    experiment = mlflow_client.get_run(parent_id).info.experiment_id
+    runs = _search(mlflow_client, [experiment], used_by_filter(mlflow_client, experiment, parent_id))
     recorded = {r.data.tags.get("archbench.overrides", "") for r in runs}
     rows = [_row(r) | _counted_as(r, USED_BY + parent_id) for r in runs]
     rows += [_failed_row(f) for f in failures if " ".join(f["overrides"]) not in recorded]
@@ -156,24 +151,15 @@ class Comparison:
 def predictions(mlflow_client, runs: pd.DataFrame) -> dict[tuple[str, int], np.ndarray]:
     """(configuration, seed) -> 0/1 per test example, from each finished run's recorded predictions
     (records.PREDICTIONS); the first run of a seed that ran more than once; none for older runs."""
-    from unittest import mock
-
-    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
-
-    from archbench.tracking.records import PREDICTIONS, read_predictions
+    from archbench.tracking.records import fetch_predictions
 
     found = {}
-    quiet = {MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name: "false"}  # else a bar per 20 KB file
-    with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, quiet):
+    with tempfile.TemporaryDirectory() as tmp:
         for _, run in runs[runs.status == "FINISHED"].sort_values("start_time").iterrows():
             key = (run.configuration, int(run.seed))
             if key in found:
                 continue
-            try:
-                path = mlflow_client.download_artifacts(run.run_id, PREDICTIONS, tmp)
-            except Exception:  # a run recorded before predictions were: its seeds alone count
-                continue
-            if (correct := read_predictions(Path(path))) is not None:
+            if (correct := fetch_predictions(mlflow_client, run.run_id, tmp)) is not None:
                 found[key] = correct
     return found
 

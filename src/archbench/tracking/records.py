@@ -3,6 +3,7 @@
 model."""
 
 import json
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -123,3 +124,19 @@ CLASS_METRIC = "zz_class_accuracy."
 def class_metric(label: str) -> str:
     """A class's test accuracy as an MLflow metric name: `zz_class_accuracy.T-shirt_top`."""
     return CLASS_METRIC + re.sub(r"[^\w.\- ]", "_", label)
+
+
+def fetch_predictions(mlflow_client, run_id: str, folder: str) -> np.ndarray | None:
+    """A run's recorded predictions (read_predictions), downloaded into `folder`; None for a run
+    recorded before them."""
+    from unittest import mock
+
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+    quiet = {MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name: "false"}  # else a bar per 20 KB file
+    try:
+        with mock.patch.dict(os.environ, quiet):
+            path = mlflow_client.download_artifacts(run_id, PREDICTIONS, folder)
+    except Exception:  # noqa: BLE001 (a run recorded before predictions were: its seeds alone count)
+        return None
+    return read_predictions(Path(path))

@@ -16,7 +16,6 @@ any left in the sweep folder.
 """
 
 import logging
-import os
 import socket
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,19 +28,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from archbench import identity
 from archbench.config import configuration
-from archbench.tracking.runs import PARENT_FILE, client
+from archbench.tracking.runs import PARENT_FILE, PROCESS_TAG, USED_BY, client
 
 log = logging.getLogger(__name__)
 
-USED_BY = "archbench.used_by."  # + a sweep's parent run id; the value: the configuration it counts as
-PROCESS_TAG = "archbench.process"  # host:pid:start time of the process that has the run open
 CONTINUES_TAG = "archbench.continues"  # on a parent: the earlier sweeps whose runs it reused or resumed
 REUSED_TAG = "archbench.reused"  # on a parent: how many runs it reused (finished, not trained again)
-
-
-def process_tag() -> str:
-    """This process, as a run records who has it open: a later sweep can tell that it is gone."""
-    return f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time():.0f}"
 
 
 def gone(tag: str | None) -> bool:
@@ -207,11 +199,7 @@ def predictions(config: DictConfig, run_id: str):
     """A reused run's per-example test predictions (records.PREDICTIONS), from the store; or None."""
     import tempfile
 
-    from archbench.tracking.records import PREDICTIONS, read_predictions
+    from archbench.tracking.records import fetch_predictions
 
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = client(config.tracking.uri).download_artifacts(run_id, PREDICTIONS, tmp)
-        except Exception:  # noqa: BLE001 (a run recorded before predictions were)
-            return None
-        return read_predictions(Path(path))
+        return fetch_predictions(client(config.tracking.uri), run_id, tmp)

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -25,11 +26,30 @@ from archbench.tracking.store import client, redact
 log = logging.getLogger(__name__)
 
 PARENT_FILE = "mlflow_parent_run_id"  # in a sweep's folder: the parent run its jobs attach to
+# on every run a sweep used, its children and the earlier runs it reused (reuse.py): USED_BY + the
+# parent's id, with the configuration the sweep counts the run as
+USED_BY = "archbench.used_by."
+PROCESS_TAG = "archbench.process"  # host:pid:start time of the process that has the run open
 CHECKPOINT = "checkpoint/last.pt"
 SYSTEM_METRICS_S = 1.0  # seconds between system/... samples: a 5-epoch mlp run lasts ~2 s
 SLURM_TAG = "slurm_job_id"  # a Slurm job's run: the job as squeue and scancel name it
 # submitit's signal to checkpoint and requeue a Slurm job (its JobEnvironment.USR_SIG)
 PREEMPT = signal.Signals["SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")]
+
+
+def process_tag() -> str:
+    """This process, as a run records who has it open: a later sweep can tell that it is gone."""
+    import psutil
+
+    return f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time():.0f}"
+
+
+def used_by_filter(mlflow_client, experiment_id: str, parent_id: str) -> str:
+    """MLflow's search for the runs a sweep used; its children, for a sweep from before USED_BY."""
+    where = f"tags.`{USED_BY}{parent_id}` LIKE '%'"
+    if mlflow_client.search_runs([experiment_id], where, max_results=1):
+        return where
+    return f"tags.mlflow.parentRunId = '{parent_id}'"
 
 
 def redact_overrides(overrides: list[str]) -> list[str]:
@@ -126,8 +146,6 @@ class Run:
         from mlflow.tracking.context.registry import resolve_tags
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-        from archbench.tracking.reuse import PROCESS_TAG, USED_BY, process_tag
-
         tags = {**tags, PROCESS_TAG: process_tag()}
         if parent_run_id:  # the sweep's own, as its reused runs are (reuse.py): its comparison is these
             tags = {
@@ -148,8 +166,6 @@ class Run:
             mlflow_client.delete_tag(run_id, "archbench.error")
         resumed = int(run.data.tags.get("archbench.resumed", 0)) + 1
         mlflow_client.set_tag(run_id, "archbench.resumed", str(resumed))
-        from archbench.tracking.reuse import PROCESS_TAG, process_tag
-
         mlflow_client.set_tag(run_id, PROCESS_TAG, process_tag())  # this process has it open now
         mlflow_client.update_run(run_id, status="RUNNING")
         return cls(mlflow_client, run_id, run.info.run_name)

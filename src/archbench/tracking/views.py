@@ -72,11 +72,9 @@ def run_link(experiment_id: str, run_id: str) -> str:
 def for_sweep(mlflow_client, comp, parent_id: str, experiment_id: str) -> str:
     """A sweep's view (its child runs, and the earlier runs it reused) under the parent's id; returns
     its link."""
-    from archbench.tracking.reuse import USED_BY
+    from archbench.tracking.runs import used_by_filter
 
-    where = f"tags.`{USED_BY}{parent_id}` LIKE '%'"
-    if not mlflow_client.search_runs([experiment_id], where, max_results=1):  # a sweep from before the tag
-        where = f"tags.mlflow.parentRunId = '{parent_id}'"
+    where = used_by_filter(mlflow_client, experiment_id, parent_id)
     configs = list(comp.summary.configuration)
     save(mlflow_client, experiment_id, parent_id, comp.title.split(":")[0], where, configs, comp.metric)
     return link(experiment_id, parent_id)
