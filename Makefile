@@ -11,12 +11,13 @@ ARGS ?=
 WORKERS ?= auto
 HOST ?= 127.0.0.1
 PORT ?= 5000
+NB_PORT ?= 8888
 TRACKING_URI ?= $(or $(MLFLOW_TRACKING_URI),sqlite:///mlruns/mlflow.db)
 FASHION := /usr/share/datasets/fashion-mnist
 AS_ROOT := $(shell [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && echo yes)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data run sweep-activations sweep-architectures search compare ui server \
+.PHONY: help install data run sweep-activations sweep-architectures search compare ui server notebook \
         bench bench-throughput test test-fast test-deps lint clean
 
 help: ## list the targets
@@ -27,7 +28,7 @@ install: $(STAMP) data ## set up .venv (pip, pinned torch) and Fashion-MNIST
 # pip, not uv or poetry: pip takes torch and torchvision from this machine's disk
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,cluster,search,server]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,cluster,search,server,notebook]'
 	touch $@
 
 data: ## Fashion-MNIST from Debian's dataset-fashion-mnist (installed when run as root)
@@ -59,6 +60,10 @@ ui: install ## the MLflow UI on http://127.0.0.1:5000 (PORT=..., HOST=0.0.0.0 to
 
 server: install ## a team MLflow server (basic-auth, PostgreSQL); needs ARCHBENCH_ADMIN_PASSWORD: README "Scaling out"
 	$(PY) -m archbench.server --host $(HOST) --port $(PORT) $(ARGS)
+
+notebook: install ## JupyterLab on notebooks/ (course.ipynb) at http://127.0.0.1:8888, the venv as its kernel (NB_PORT=...)
+	$(PY) -m jupyter lab --notebook-dir=notebooks --ServerApp.ip=$(HOST) --ServerApp.port=$(NB_PORT) \
+	  --ServerApp.port_retries=0 --ServerApp.open_browser=False $(if $(AS_ROOT),--ServerApp.allow_root=True)
 
 bench: install ## epoch speed: textbook loop vs archbench, side by side
 	$(PY) benchmarks/epoch_speed.py $(ARGS)

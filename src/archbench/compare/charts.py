@@ -4,6 +4,7 @@ Axes are zoomed to the data: the configurations compared differ in the third dec
 0-to-1 axis hides. Seeds are drawn as dots beside their mean, so the spread is visible.
 """
 
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +23,8 @@ NAMES = ["best", "worse", "equivalent to the best", "not resolved", "no finished
 def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    if "ipykernel" not in sys.modules:  # a notebook's kernel keeps its own backend for the user's plots
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt

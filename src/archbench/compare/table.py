@@ -1,6 +1,8 @@
 """A comparison as people read it: the Markdown table with its verdicts and what they mean, the CSV,
 and the few figures a sweep's parent run carries as metrics."""
 
+import re
+
 import pandas as pd
 
 from archbench.compare.stats import RESAMPLED
@@ -60,6 +62,29 @@ def markdown(comp) -> str:
     lines = [f"**{comp.title}**", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row[c] for c in COLUMNS) + " |" for row in _rows(comp)]
     return "\n".join([*lines, "", *_legend(comp), *_left_out(comp)]) + "\n"
+
+
+# a notebook's table (archbench.api): the verdict first, as people look for it first
+HTML_COLUMNS = ("verdict", *(c for c in COLUMNS if c != "verdict"))
+
+
+def html(comp) -> str:
+    """The comparison as a notebook shows it: title, the table with its verdicts first, what they mean."""
+    import html as escape
+
+    def inline(text: str) -> str:  # the legend's Markdown: *emphasis* and `code`
+        text = re.sub(r"`([^`]+)`", r"<code>\1</code>", escape.escape(text, quote=False))
+        return re.sub(r"\*\*([^*]+)\*\*|\*([^*]+)\*", lambda m: f"<em>{m[1] or m[2]}</em>", text)
+
+    head = "".join(f"<th>{escape.escape(c)}</th>" for c in HTML_COLUMNS)
+    cells = ("".join(f"<td>{escape.escape(row[c])}</td>" for c in HTML_COLUMNS) for row in _rows(comp))
+    body = "".join(f"<tr>{row}</tr>" for row in cells)
+    notes = [line.removeprefix("- ") for line in [*_legend(comp), *_left_out(comp)] if line.strip()]
+    return (
+        f"<p><strong>{escape.escape(comp.title)}</strong></p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        "<ul>" + "".join(f"<li>{inline(n)}</li>" for n in notes) + "</ul>"
+    )
 
 
 def description(comp) -> str:

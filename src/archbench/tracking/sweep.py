@@ -36,10 +36,18 @@ SETUP = ("tracking.uri", "tracking.experiment", "tracking.log_model", "data_dir"
 
 
 class MlflowSweep(Callback):
+    # every sweep this process started, in order: the Python API (archbench/api.py) finds its own
+    # here, and closes it when Hydra skips on_multirun_end (an interrupt, a failed job), as atexit
+    # does for run.py: a notebook's process does not exit
+    started: list["MlflowSweep"] = []
+
     def __init__(self) -> None:
         self.parent_id: str | None = None
+        self.last_parent: str | None = None  # kept once the parent is closed
         self.parent_name = ""
         self.signalled = False
+        self.config: DictConfig | None = None
+        self._saved_sigterm = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -73,6 +81,8 @@ class MlflowSweep(Callback):
                 raise
             raise SystemExit(f"error: {line}") from None
         self.parent_id, self.parent_name = run.info.run_id, run.info.run_name
+        self.last_parent, self.config = self.parent_id, config
+        MlflowSweep.started.append(self)
         mlflow_client.log_param(self.parent_id, "sweep.overrides", swept or "(none)")
         mlflow_client.log_param(self.parent_id, "compare.margin", config.compare.margin)
         if config.seeds == "auto":
@@ -88,7 +98,7 @@ class MlflowSweep(Callback):
         # be closed. SIGTERM (scancel) would otherwise end the process without running atexit.
         atexit.register(self._finish, config, interrupted=True)
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._saved_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _on_sigterm(self, signum, frame):
         self.signalled = True
@@ -109,6 +119,11 @@ class MlflowSweep(Callback):
         atexit.unregister(self._finish)
         self._finish(config, interrupted=False)
 
+    def close(self) -> None:
+        """Close the parent, as interrupted, if the sweep ended without on_multirun_end."""
+        atexit.unregister(self._finish)
+        self._finish(self.config, interrupted=True)
+
     def _finish(self, config: DictConfig, interrupted: bool) -> None:
         """Attach the comparison (and a race's record) to the parent run and close it; runs once."""
         if self.parent_id is None:
@@ -118,6 +133,8 @@ class MlflowSweep(Callback):
         from archbench.compare import race, report
 
         parent_id, self.parent_id = self.parent_id, None
+        if self._saved_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._saved_sigterm)  # the process goes on (a notebook's)
         sweep_dir = Path(config.hydra.sweep.dir)
         mlflow_client = client(config.tracking.uri)
         # this session's: an earlier one run in the same folder (reuse.py) left its own there

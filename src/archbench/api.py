@@ -1,0 +1,149 @@
+"""archbench from Python, a notebook above all: `run`, `sweep`, `compare` and `inspect`.
+
+Each call runs Hydra's real machinery in this process, as `run.py` does: the same config, the
+same override strings, the configured sweeper and launcher (joblib's by default, or Slurm's), the
+callbacks and the sweep's parent run. What differs is only what comes back: a run, a comparison or
+an inspection you can show, instead of lines printed to a terminal. Relative paths in the config
+(mlruns/, data/, outputs/) are the project's, as for `run.py` typed in its folder, wherever the
+notebook is. (Hydra's Compose API has no multirun: hence `Hydra.run`/`Hydra.multirun`, as
+hydra-zen's `launch()` calls them.)
+"""
+
+import contextlib
+import io
+import logging
+import sys
+from pathlib import Path
+
+from archbench import cpus
+
+cpus.prepare_environment()  # before torch loads OpenMP, as run.py does: it reads its wait policy only then
+
+from archbench import cells, results  # noqa: E402
+from archbench.cells import network  # noqa: E402, F401  (a notebook's own nn.Module, as model=<name>)
+
+ROOT = Path(__file__).resolve().parents[2]  # the project: run.py, conf/, and what its paths are relative to
+CONF = ROOT / "conf"
+log = logging.getLogger(__name__)
+cells.importable()  # before any job process starts: they import a cell's network from its folder
+
+
+class ArchbenchError(Exception):
+    """A refused setting or a store that cannot be used: the message is the line the CLI prints."""
+
+
+def run(*overrides: str) -> results.Run:
+    """Train and evaluate one configuration, from override strings as `run.py` takes them:
+    `run("model=cnn2", "train.epochs=3")`. Returns the run (id, metrics, `.model` to load it)."""
+    from hydra.types import RunMode
+
+    from archbench.tracking import runs
+
+    overrides = list(overrides)
+    with _hydra() as hydra:
+        mode = _mode(hydra, overrides)
+        if mode == RunMode.MULTIRUN:
+            raise ArchbenchError("error: these overrides sweep (a preset, or a list): use archbench.sweep")
+        if mode is None:  # as Hydra's own command line says what it runs (hydra/_internal/utils.py)
+            overrides.append("hydra.mode=RUN")
+        job = _call(lambda: hydra.run("config", _task, overrides))
+        uri = results.absolute_uri(job.cfg.tracking.uri, ROOT)
+    return results.Run.latest(uri, runs.process_tag())
+
+
+def sweep(*overrides: str) -> results.Comparison:
+    """Sweep configurations over seeds, as `run.py -m` does: `sweep("activation=relu,tanh", "seeds=3")`,
+    or `seeds=auto` to race. Returns the sweep's comparison (`.table`, `.runs`, `.parent_id`)."""
+    from hydra.types import RunMode
+
+    from archbench.tracking.sweep import MlflowSweep
+
+    overrides = list(overrides)
+    started = len(MlflowSweep.started)
+    with _hydra() as hydra:
+        if _mode(hydra, overrides) != RunMode.MULTIRUN:  # as `run.py -m` does: the jobs know they sweep
+            overrides.append("hydra.mode=MULTIRUN")
+        try:
+            _call(lambda: hydra.multirun("config", _task, overrides))
+        finally:  # an interrupt or a failed job: Hydra skips its end callback; the parent is closed here
+            for callback in MlflowSweep.started[started:]:
+                callback.close()
+    mine = MlflowSweep.started[started]
+    return compare(parent=mine.last_parent, tracking_uri=str(mine.config.tracking.uri))
+
+
+def compare(
+    parent: str | None = None, experiment: str | None = None, tracking_uri: str | None = None
+) -> results.Comparison:
+    """The comparison of a sweep recorded before (its parent run's id; the latest sweep by default),
+    or of every job run of an experiment, from the store (`MLFLOW_TRACKING_URI` or the project's)."""
+    import os
+
+    from archbench.compare import report
+    from archbench.tracking import store
+
+    uri = results.absolute_uri(
+        tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", report.DEFAULT_URI), ROOT
+    )
+    try:
+        mlflow_client = store.client(uri)
+        comp, name, experiment_id = report.find(mlflow_client, parent, experiment)
+    except report.NothingToCompare as e:
+        raise ArchbenchError(f"nothing to compare in {store.redact(uri)}: {e}") from None
+    return results.Comparison(
+        comp, mlflow_client, parent=None if experiment else name, experiment_id=experiment_id
+    )
+
+
+def inspect(*overrides: str) -> results.Inspection:
+    """A network's torchinfo summary and the course's parameter breakdown, as `mode=inspect` prints
+    them: no data, no run."""
+    overrides = [*list(overrides), "mode=inspect"]
+    printed = io.StringIO()
+    with _hydra() as hydra, contextlib.redirect_stdout(printed):
+        _call(lambda: hydra.run("config", _task, overrides, with_log_configuration=False))
+    return results.Inspection(printed.getvalue())
+
+
+def _task(cfg):
+    from archbench.app import main
+
+    return main(cfg)
+
+
+@contextlib.contextmanager
+def _hydra():
+    """Hydra set up on the project's config, in the project's folder, for one call."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from archbench import slurm  # noqa: F401  (the Slurm preset's ${archbench.gpus:...} resolver)
+
+    GlobalHydra.instance().clear()  # a call interrupted before its end left it set
+    with contextlib.chdir(ROOT), initialize_config_dir(str(CONF), version_base="1.3", job_name="run"):
+        yield GlobalHydra.instance().hydra
+
+
+def _mode(hydra, overrides: list[str]):
+    """The mode the config sets (a preset sweeps), or None."""
+    return _call(lambda: hydra.get_mode("config", overrides))
+
+
+def _call(work):
+    """`work()`, with what the CLI prints as an error raised as ArchbenchError: its one line (ours), or
+    Hydra's own message (a config group option that does not exist, an override it cannot parse)."""
+    from hydra.errors import CompactHydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return work()
+    except SystemExit as e:  # archbench's "error: ..." line, before any run
+        if isinstance(e.code, str):
+            raise ArchbenchError(e.code) from None
+        raise
+    except CompactHydraException as e:  # as Hydra's run_and_report prints it, without its banner
+        cause = f"\n{e.__cause__}" if isinstance(e.__cause__, OmegaConfBaseException) else ""
+        raise ArchbenchError(f"{e}{cause}") from None
+    except KeyboardInterrupt as e:
+        print(f"interrupted ({e or 'Ctrl-C'}): runs in progress are marked KILLED", file=sys.stderr)
+        raise

@@ -1,0 +1,124 @@
+"""archbench in Jupyter: notebooks/course.ipynb run top to bottom on a real kernel, a kernel interrupt
+during a sweep, and `make notebook`."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import urllib.request
+
+import psutil
+import pytest
+
+from conftest import ROOT, all_runs, environment, free_port, patience, small
+from test_lifecycle import SLOW, epochs_logged
+
+pytestmark = pytest.mark.slow
+
+
+def small_parameters(tmp_path) -> dict:
+    """The notebook's parameters cell, shrunk: synthetic data, 1 epoch, 2 seeds, a store in tmp_path."""
+    where = [o for o in small(tmp_path) if o.startswith(("data_dir=", "train.threads="))]
+    stamp = "${now:%H-%M-%S-%f}"  # a folder per call: the notebook's sweeps follow one another
+    where += [
+        f"hydra.run.dir={tmp_path}/outputs/runs/{stamp}",
+        f"hydra.sweep.dir={tmp_path}/outputs/sweeps/{stamp}",
+    ]
+    return {"EPOCHS": 1, "SEEDS": 2, "DATASET": "synthetic", "EXTRA": where}
+
+
+def test_the_course_notebook_runs_top_to_bottom_on_a_real_kernel(tmp_path, monkeypatch):
+    import papermill
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")  # the kernel's store
+    out = tmp_path / "course.ipynb"
+    papermill.execute_notebook(
+        ROOT / "notebooks" / "course.ipynb",
+        out,
+        parameters=small_parameters(tmp_path),
+        kernel_name="python3",
+        cwd=ROOT / "notebooks",
+        progress_bar=False,
+    )  # fmt: skip  (raises on the first cell that errors)
+    cells = [c for c in json.loads(out.read_text())["cells"] if c["cell_type"] == "code"]
+
+    def shown(start: str) -> str:
+        (cell,) = [c for c in cells if "".join(c["source"]).startswith(start)]
+        return "".join(
+            "".join(o.get("data", {}).get("text/html", "")) + "".join(o.get("text", ""))
+            for o in cell["outputs"]
+        )
+
+    table = shown("activations = archbench.sweep")
+    assert "<th>verdict</th>" in table
+    rows = re.findall(r"<tr><td>([^<]+)</td><td>\d</td><td>(activation=\w+)</td>", table)
+    assert sorted(c for _, c in rows) == ["activation=relu", "activation=sigmoid", "activation=tanh"]
+    assert all(v.split()[0] in ("best", "worse", "equivalent", "open:", "open") for v, _ in rows), rows
+    assert "written to" in shown("from torch import nn") and "model=smallcnn" in shown("from torch import nn")
+    assert "<td>model=smallcnn</td>" in shown("own = archbench.sweep")
+    assert "27" in shown('archbench.inspect("model=wide")') and "21" in shown(
+        'archbench.inspect("model=deep")'
+    )
+    statuses = {r.info.status for r in all_runs(tmp_path)}
+    assert statuses == {"FINISHED"}
+
+
+def test_interrupting_the_kernel_during_a_sweep_leaves_its_runs_killed(tmp_path):
+    from jupyter_client.manager import start_new_kernel
+
+    env = environment({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns/mlflow.db"})
+    manager, kernel = start_new_kernel(kernel_name="python3", cwd=str(ROOT / "notebooks"), env=env)
+    try:
+        overrides = [*SLOW, "train.epochs=50", *small(tmp_path)]
+        code = f"import archbench\narchbench.sweep('activation=relu,tanh', *{overrides!r})"
+        msg_id = kernel.execute(code)
+        deadline = time.monotonic() + patience(180)
+        while epochs_logged(tmp_path / "mlruns" / "mlflow.db") < 1:  # a job at work
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        manager.interrupt_kernel()  # what Jupyter's stop button does: SIGINT to the kernel's process group
+        reply = kernel.get_shell_msg(timeout=patience(120))
+        while reply["parent_header"].get("msg_id") != msg_id:
+            reply = kernel.get_shell_msg(timeout=patience(120))
+        assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+        # the kernel lives on, and takes the next cell
+        assert kernel.execute_interactive("print(1 + 1)", timeout=patience(30))["content"]["status"] == "ok"
+    finally:
+        manager.shutdown_kernel(now=True)
+    runs = all_runs(tmp_path)
+    parent = [r for r in runs if r.data.tags.get("archbench.sweep") == "parent"]
+    jobs = [r for r in runs if r not in parent]
+    assert len(parent) == 1 and parent[0].info.status == "KILLED"
+    assert jobs and {r.info.status for r in jobs} == {"KILLED"}
+
+
+def test_make_notebook_serves_jupyterlab_on_loopback_with_the_venvs_kernel(tmp_path):
+    port = free_port()
+    process = subprocess.Popen(
+        ["make", "notebook", f"NB_PORT={port}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True, env=environment({"JUPYTER_RUNTIME_DIR": str(tmp_path)}),
+    )  # fmt: skip
+    try:
+        deadline, token = time.monotonic() + patience(120), None
+        while token is None:
+            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+            line = process.stdout.readline()
+            token = next(iter(re.findall(rf"http://127\.0\.0\.1:{port}/lab\?token=(\w+)", line)), None)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/kernelspecs?token={token}") as answer:
+            specs = json.load(answer)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents?token={token}") as answer:
+            listed = {item["name"] for item in json.load(answer)["content"]}
+        servers = [p.cmdline() for p in psutil.Process(process.pid).children(recursive=True)]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    assert specs["default"] == "python3"
+    # the native kernel: jupyter_client starts "python" as the server's own interpreter, the venv's
+    assert specs["kernelspecs"]["python3"]["spec"]["argv"][0] == "python"
+    assert [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / ".venv" / "bin" / "jupyter-lab")] in [
+        c[:2] for c in servers
+    ]
+    assert "course.ipynb" in listed  # the server's root is notebooks/
