@@ -80,3 +80,10 @@ def test_throughput_runs(tmp_path):
     for policy in (r"default \(side by side, 1 thread each\)", r"old \(one at a time, all cores\)"):
         assert re.search(rf"\| {policy} \| {rate} \| - \| - \|", table), table
     assert re.search(r"\| old \(one at a time, all cores\) \| \d+\.\d \(1\.00x\) \|", table)  # the reference
+
+
+def test_api_overhead_runs(tmp_path):
+    table = bench("api_overhead.py", tmp_path, "--train-size", "300", "--runs", "2")
+    cell = r"\d+\.\d\d \| \d+\.\d\d \| \d+\.\d\dx"
+    for row in ("first single run", "a later single run (median of 1)", "a sweep: -m activation=relu,tanh"):
+        assert re.search(rf"\| {re.escape(row)}[^|]* \| {cell} \|", table), table
