@@ -43,7 +43,8 @@ def overrides(tmp: Path, args) -> list[str]:
     return [
         f"dataset={args.data}", "train.epochs=1", "train.progress=false", "tracking.log_model=false",
         f"tracking.uri=sqlite:///{tmp}/mlruns/mlflow.db", f"data_dir={ROOT / 'data'}",
-        f"hydra.run.dir={tmp}/runs/${{now:%H-%M-%S-%f}}", f"hydra.sweep.dir={tmp}/sweeps/${{now:%H-%M-%S-%f}}",
+        f"hydra.run.dir={tmp}/runs/${{now:%H-%M-%S-%f}}",
+        f"hydra.sweep.dir={tmp}/sweeps/${{now:%H-%M-%S-%f}}",
         *([f"dataset.train_size={args.train_size}"] if args.data == "synthetic" else []),
     ]  # fmt: skip
 
@@ -67,8 +68,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
         shell = cli(Path(a), args)
-        found = subprocess.run([sys.executable, "-c", API, json.dumps(overrides(Path(b), args)), str(args.runs)],
-                               cwd=ROOT, check=True, capture_output=True, text=True)  # fmt: skip
+        command = [sys.executable, "-c", API, json.dumps(overrides(Path(b), args)), str(args.runs)]
+        found = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
         api = json.loads(found.stdout.strip().splitlines()[-1])
     later = statistics.median(api[1 : args.runs]) if args.runs > 1 else float("nan")
     rows = [
