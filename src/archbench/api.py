@@ -13,6 +13,8 @@ import contextlib
 import io
 import logging
 import sys
+import threading
+import time
 from pathlib import Path
 
 from archbench import cpus
@@ -64,7 +66,8 @@ def sweep(*overrides: str) -> results.Comparison:
         if _mode(hydra, overrides) != RunMode.MULTIRUN:  # as `run.py -m` does: the jobs know they sweep
             overrides.append("hydra.mode=MULTIRUN")
         try:
-            _call(lambda: hydra.multirun("config", _task, overrides))
+            with _JobsBar(started):
+                _call(lambda: hydra.multirun("config", _task, overrides))
         finally:  # an interrupt or a failed job: Hydra skips its end callback; the parent is closed here
             for callback in MlflowSweep.started[started:]:
                 callback.close()
@@ -103,6 +106,43 @@ def inspect(*overrides: str) -> results.Inspection:
     with _hydra() as hydra, contextlib.redirect_stdout(printed):
         _call(lambda: hydra.run("config", _task, overrides, with_log_configuration=False))
     return results.Inspection(printed.getvalue())
+
+
+class _JobsBar:
+    """A tqdm.auto bar of the sweep's jobs as they end, in the notebook: a parallel sweep's jobs run in
+    other processes, whose own bars a notebook does not show. It counts the files a job leaves in
+    its folder when it ends (its test predictions, or its failure), looking once a second."""
+
+    def __init__(self, started: int):
+        self.started, self.done = started, threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self):
+        self.since = time.time()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+
+    def _watch(self) -> None:
+        from tqdm.auto import tqdm
+
+        from archbench.tracking.records import PREDICTIONS
+        from archbench.tracking.sweep import FAILED_FILE, MlflowSweep
+
+        bar = None
+        while not self.done.wait(1.0):
+            if len(MlflowSweep.started) <= self.started:
+                continue
+            folder = Path(MlflowSweep.started[self.started].config.hydra.sweep.dir)
+            ended = [p for name in (PREDICTIONS, FAILED_FILE) for p in folder.glob(f"*/{name}")]
+            count = sum(p.stat().st_mtime >= self.since for p in ended)
+            bar = bar or tqdm(desc="jobs ended", unit="job")
+            bar.update(count - bar.n)
+        if bar is not None:
+            bar.close()
 
 
 def _task(cfg):
