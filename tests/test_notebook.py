@@ -53,7 +53,8 @@ def test_the_course_notebook_runs_top_to_bottom_on_a_real_kernel(tmp_path, monke
 
     table = shown("activations = archbench.sweep")
     (sweep_cell,) = [c for c in cells if "".join(c["source"]).startswith("activations = archbench.sweep")]
-    bars = [o for o in sweep_cell["outputs"] if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    widget = "application/vnd.jupyter.widget-view+json"
+    bars = [o for o in sweep_cell["outputs"] if widget in o.get("data", {})]
     assert bars, "no tqdm bar of the sweep's jobs in the notebook"
     assert "<th>verdict</th>" in table
     rows = re.findall(r"<tr><td>([^<]+)</td><td>\d</td><td>(activation=\w+)</td>", table)
