@@ -44,6 +44,15 @@ def test_a_sweep_gives_the_table_run_py_gives_and_compare_reads_it_back(tmp_path
     assert shown.index("<th>verdict</th>") < shown.index("<th>configuration</th>")
     assert all(f"<td>{label}</td>" in shown for label in ("activation=relu", "activation=tanh"))
     assert api.chart("pareto").data[:4] == b"\x89PNG"
+    pooled = archbench.compare(
+        experiment="archbench", tracking_uri=f"sqlite:///{tmp_path}/api/mlruns/mlflow.db"
+    )
+    assert (
+        pooled.parent_id is None
+        and pooled.comparison_link is None
+        and "viewStateShareKey=all" in pooled.ui_link
+    )
+    pd.testing.assert_frame_equal(pooled.table.reset_index()[SAME], table[SAME])  # one sweep: the same table
 
 
 def test_a_race_from_the_api_records_its_rounds(tmp_path):
