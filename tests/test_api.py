@@ -26,8 +26,9 @@ def test_a_run_returns_its_id_metrics_and_a_loadable_model(tmp_path):
     assert tuple(scores.shape) == (3, 10)
 
 
-def test_a_sweep_gives_the_table_run_py_gives_and_compare_reads_it_back(tmp_path):
+def test_a_sweep_gives_the_table_run_py_gives_and_compare_reads_it_back(tmp_path, capsys):
     api = archbench.sweep("activation=relu,tanh", "seeds=2", *small(tmp_path / "api"))
+    assert re.search(r"jobs ended: 4 jobs", capsys.readouterr().err)  # its bar, as a notebook shows it
     cli = run_py(tmp_path / "cli", "-m", "activation=relu,tanh", "seeds=2")
     assert cli.returncode == 0, cli.stderr[-3000:]
     again = archbench.compare(tracking_uri=f"sqlite:///{tmp_path}/cli/mlruns/mlflow.db")  # the latest sweep

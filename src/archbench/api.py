@@ -133,14 +133,17 @@ class _JobsBar:
         from archbench.tracking.sweep import FAILED_FILE, MlflowSweep
 
         bar = None
-        while not self.done.wait(1.0):
-            if len(MlflowSweep.started) <= self.started:
-                continue
-            folder = Path(MlflowSweep.started[self.started].config.hydra.sweep.dir)
-            ended = [p for name in (PREDICTIONS, FAILED_FILE) for p in folder.glob(f"*/{name}")]
-            count = sum(p.stat().st_mtime >= self.since for p in ended)
-            bar = bar or tqdm(desc="jobs ended", unit="job")
-            bar.update(count - bar.n)
+        while True:
+            last = self.done.wait(1.0)  # then once more, for the jobs that ended since the last look
+            if len(MlflowSweep.started) > self.started:
+                folder = Path(MlflowSweep.started[self.started].config.hydra.sweep.dir)
+                ended = [p for name in (PREDICTIONS, FAILED_FILE) for p in folder.glob(f"*/{name}")]
+                count = sum(p.stat().st_mtime >= self.since for p in ended)
+                if bar is None:
+                    bar = tqdm(desc="jobs ended", unit=" jobs")
+                bar.update(count - bar.n)
+            if last:
+                break
         if bar is not None:
             bar.close()
 
