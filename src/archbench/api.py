@@ -11,7 +11,6 @@ hydra-zen's `launch()` calls them.)
 
 import contextlib
 import io
-import logging
 import sys
 import threading
 import time
@@ -26,7 +25,6 @@ from archbench.cells import network  # noqa: E402, F401  (a notebook's own nn.Mo
 
 ROOT = Path(__file__).resolve().parents[2]  # the project: run.py, conf/, and what its paths are relative to
 CONF = ROOT / "conf"
-log = logging.getLogger(__name__)
 cells.importable()  # before any job process starts: they import a cell's network from its folder
 
 
