@@ -117,6 +117,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/epoch_speed.md"))
+    parser.add_argument("--profile", action="store_true", help="where an archbench step's time goes")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as run.py does; process-wide, so the textbook loop gets it too
@@ -131,7 +132,7 @@ def main(argv=None) -> None:
         data = prepare(source.load(Path(tmp)), torch.device("cpu"), 0.0, 0)
         n = len(data.x_train)
         peak = matmul_peak()
-        rows = []
+        rows, profiles = [], []
         for name in args.models:
             times = {"textbook": [], "archbench": [], "bf16": []}
             models, trainers = {}, {}
@@ -157,6 +158,8 @@ def main(argv=None) -> None:
                 )
                 times["archbench"].append(archbench_epoch(trainers["archbench"], data))
                 times["bf16"].append(archbench_epoch(trainers["bf16"], data))
+            if args.profile:
+                profiles += profile(name, trainers["archbench"], data)
             macs = torchinfo.summary(build(name), input_size=(1, 1, 28, 28), verbose=0).total_mult_adds
             bound = 3 * 2 * macs * n / peak
             textbook, ours, bf16 = (statistics.median(times[k]) for k in times)
@@ -178,7 +181,26 @@ def main(argv=None) -> None:
         f"| {m} | {t:.2f} | {o:.3f} | {r:.1f}x | {b:.3f} | {f:.2f} | {h:.3f} | {hr:.1f}x |"
         for m, t, o, r, b, f, h, hr in rows
     ]
-    publish(lines, args.out)
+    publish(lines + profiles, args.out)
+
+
+def profile(name: str, trainer: Trainer, data, top: int = 8) -> list[str]:
+    """The operators that take an archbench epoch's time (torch.profiler, self CPU time), as table rows."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    with profiler(activities=[ProfilerActivity.CPU]) as prof:
+        archbench_epoch(trainer, data)
+    steps = trainer.batches_per_epoch(len(data.x_train))
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops)
+    lines = ["", f"Where a {name} step's time goes ({steps} steps, profiled; self CPU time):", "",
+             "| operator | share | ms per step | calls per step |", "|---|---|---|---|"]  # fmt: skip
+    for e in ops[:top]:
+        share, per_step = e.self_cpu_time_total / total, e.self_cpu_time_total / 1e3 / steps
+        lines.append(f"| {e.key} | {share:.0%} | {per_step:.3f} | {e.count / steps:.0f} |")
+    lines.append(f"| all | 100% | {total / 1e3 / steps:.3f} | |")
+    return lines
 
 
 if __name__ == "__main__":

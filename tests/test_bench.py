@@ -21,15 +21,18 @@ def bench(script, tmp_path, *args):
 
 
 def test_epoch_speed_runs(tmp_path):
-    table = bench(
-        "epoch_speed.py", tmp_path, "--train-size", "600", "--repeats", "1", "--models", "mlp", "cnn2"
-    )
+    args = ["--train-size", "600", "--repeats", "1", "--models", "mlp", "cnn2", "--profile"]
+    table = bench("epoch_speed.py", tmp_path, *args)
     number = r"\d+\.\d+"
     for model in ("mlp", "cnn2"):
         assert re.search(
             rf"\| {model} \| {number} \| {number} \| {number}x \| {number} \| {number} \|", table
         )
     assert "matmul peak" in table
+    for model in ("mlp", "cnn2"):  # --profile: the operators that take the step's time, and the whole
+        part = table.split(f"Where a {model} step's time goes (6 steps")[1].split("\n\n")[1]
+        assert re.search(r"^\| [\w:#.]+ \| \d+% \| \d+\.\d{3} \| \d+ \|$", part, re.M), part
+        assert re.search(r"^\| all \| 100% \| \d+\.\d{3} \| \|$", part, re.M), part
 
 
 def test_accuracy_parity_runs(tmp_path):
