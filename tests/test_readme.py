@@ -2,11 +2,13 @@
 runs here as a user types it, with overrides appended that shrink it, and leaves what it promises.
 
 Each block runs top to bottom on a fresh store, as a user would type it (so `make compare` sees the
-sweeps above it); two sections run side by side. A command the README gains must get a promise
-below, or a reason to skip, the day it is written: `test_every_readme_command_has_a_promise` fails
-until it has one.
+sweeps above it); two sections run side by side. The sections from LATER on run in
+tests/test_readme_later.py, the same test in a file of its own. A command the README gains must get a
+promise below, or a reason to skip, the day it is written: `test_every_readme_command_has_a_promise`
+fails until it has one.
 """
 
+import functools
 import json
 import os
 import re
@@ -223,7 +225,8 @@ def readme_exports(section: str, command: str) -> dict[str, str]:
     return next(exports for s, c, exports in _readme_lines() if (s, c) == (section, command))
 
 
-def _readme_lines() -> list[tuple[str, str, dict[str, str]]]:
+@functools.cache  # the README as the session found it: part() and steps() ask for it per command
+def _readme_lines() -> tuple[tuple[str, str, dict[str, str]], ...]:
     found, section, block, other, exports = [], "", None, False, {}
     for line in (ROOT / "README.md").read_text().splitlines():
         if block is None:
@@ -247,7 +250,7 @@ def _readme_lines() -> list[tuple[str, str, dict[str, str]]]:
                     typed = re.sub(r"\s+#.*$", "", part.strip())  # as shown, without its comment
                     found.append((section, re.sub(r"\s+", " ", typed), exports))
             block = ""
-    return found
+    return tuple(found)
 
 
 def readme_python_blocks() -> list[tuple[str, str]]:
@@ -319,6 +322,10 @@ def test_every_readme_command_has_a_promise():
     firsts = [(s, code.splitlines()[0]) for s, code in readme_python_blocks()]
     stale |= {k for k in SKIPS if k not in commands and k not in firsts}
     assert not stale, f"promises for commands the README no longer has: {stale}"
+    # every section runs in one of the two files: the ones above LATER here, the rest there
+    assert LATER in {s for s, _ in commands}, f"no README section {LATER!r} for test_readme_later.py"
+    here, there = ({p.values[0] for p in sections(x)} for x in (False, True))
+    assert here and there and not here & there, (here, there)
 
 
 def shrunk(words: list[str], tmp: Path, n: int, model: bool = False) -> list[str]:
@@ -392,25 +399,61 @@ def part(section: str, command: str) -> str:
     return name + SLURM if "hydra/launcher=slurm" in command.split() else name
 
 
-def sections() -> list:
+# The README's sections from this one on run in tests/test_readme_later.py. With --dist loadfile a file
+# runs on one pytest-xdist worker: as two files, the two halves (about equal: 2 minutes each alone on 2
+# cores, where the one file took 4.3) can run on both workers at once, not one after the other on one.
+# A test per step (command or python block) says which one failed, and puts both files early in
+# xdist's queue, which hands out the files with the most tests first: the longest files start first
+LATER = "Your own network and data"
+
+
+def later(section: str) -> bool:
+    """Whether a README section runs in tests/test_readme_later.py: it is LATER or below it."""
+    headings = re.findall(r"^#+\s*(.*?)\s*$", (ROOT / "README.md").read_text(), re.M)
+    assert LATER in headings, f"test_readme.LATER: no section {LATER!r} in the README"
+    return headings.index(section) >= headings.index(LATER)
+
+
+def steps(name: str) -> list[str]:
+    """What a part runs, in order: its commands, then its section's python blocks (on their runs)."""
+    commands = [c for s, c in readme_commands() if part(s, c) == name and (s, c) not in SKIPS]
+    return commands + [code for s, code in readme_python() if s == name]
+
+
+def sections(in_later: bool = False) -> list:
+    """(part, step) for every step of the parts this file tests, in README order, a test each;
+    `in_later`: those of tests/test_readme_later.py."""
     seen = []
     for section, command in readme_commands() + readme_python():
-        if (section, command) not in SKIPS and part(section, command) not in seen:
+        if (section, command) in SKIPS or later(section) != in_later:
+            continue
+        if part(section, command) not in seen:
             seen.append(part(section, command))
-    return [pytest.param(s, marks=pytest.mark.slurm) if s.endswith(SLURM) else s for s in seen]
+    return [
+        pytest.param(
+            s, n, id=f"{s}: {step.splitlines()[0]}", marks=[pytest.mark.slurm] if s.endswith(SLURM) else []
+        )
+        for s in seen
+        for n, step in enumerate(steps(s))
+    ]
 
 
 @pytest.fixture(scope="module")
 def section_runs(request, tmp_path_factory):
-    """The selected sections, started two at a time as soon as the first one's test starts: a
-    section is mostly single-threaded start-up (Python, Hydra, MLflow), so on 2 cores two of them
-    side by side take little longer than one. Each keeps its own store and folder. Slurm parts
-    submit to conftest's one-node cluster; where it cannot start, they skip (or fail, in CI)."""
-    wanted = [
-        item.callspec.params["section"]
-        for item in request.session.items
-        if getattr(item, "originalname", None) == "test_readme_commands_do_what_they_promise"
-    ]
+    """The sections of the requesting file's selected tests (this file or tests/test_readme_later.py),
+    started two at a time as soon as the first one's test starts: a section is mostly single-threaded
+    start-up (Python, Hydra, MLflow), so on 2 cores two of them side by side take little longer than
+    one. Each keeps its own store and folder. Slurm parts submit to conftest's one-node cluster;
+    where it cannot start, they skip (or fail, in CI). Each section: (its future or why it cannot
+    run, the list of its steps passed)."""
+    wanted = list(
+        dict.fromkeys(
+            item.callspec.params["section"]
+            for item in request.session.items
+            if getattr(item, "originalname", None) == "test_readme_commands_do_what_they_promise"
+            and item.module is request.module  # a worker collects both files; it runs only its own
+        )
+    )
     cluster: dict | BaseException = {}
     if any(s.endswith(SLURM) for s in wanted):
         try:
@@ -421,25 +464,43 @@ def section_runs(request, tmp_path_factory):
     runs = {}
     size = lambda s: -sum(part(x, c) == s for x, c in readme_commands())  # noqa: E731
     for s in sorted(wanted, key=size):  # the longest first: the pair of them ends nearer together
+        passed = []
         if not s.endswith(SLURM):
-            runs[s] = pool.submit(run_section, s, tmp_path_factory.mktemp("readme"))
+            runs[s] = pool.submit(run_section, s, tmp_path_factory.mktemp("readme"), None, passed), passed
         elif isinstance(cluster, dict):
-            runs[s] = pool.submit(run_section, s, tmp_path_factory.mktemp("readme"), cluster)
+            runs[s] = pool.submit(run_section, s, tmp_path_factory.mktemp("readme"), cluster, passed), passed
         else:
-            runs[s] = cluster  # why there is no cluster: the test skips, or fails, with it
+            runs[s] = cluster, passed  # why there is no cluster: the tests skip, or fail, with it
     yield runs
     pool.shutdown(cancel_futures=True)
 
 
-@pytest.mark.parametrize("section", sections())
-def test_readme_commands_do_what_they_promise(section, section_runs):
-    if isinstance(section_runs[section], BaseException):
-        raise section_runs[section]
-    section_runs[section].result()  # its assertion, if one failed
+@pytest.mark.parametrize("section, step", sections())
+def test_readme_commands_do_what_they_promise(section, step, section_runs):
+    finished(section, step, section_runs)
 
 
-def run_section(section: str, tmp_path: Path, cluster: dict | None = None) -> None:
-    """The section's commands in order, on a fresh store, each checked against its promise."""
+def finished(section: str, step: int, runs: dict) -> None:
+    """Waits for the section that section_runs started: passes if its step `step` (a command or
+    python block, counted from 0) did what it promises; raises the step's failed assertion, or why the
+    section skips; fails, naming the step that stopped the section, if it stopped before this one."""
+    started, passed = runs[section]
+    if isinstance(started, BaseException):
+        raise started
+    try:
+        started.result()
+    except BaseException:
+        stopped = len(passed)  # the step that failed
+        if step < stopped:  # it passed; a later one failed
+            return
+        if step == stopped:
+            raise  # its assertion
+        pytest.fail(f"not run: the section stopped at its step {stopped}, {steps(section)[stopped]!r}")
+
+
+def run_section(section: str, tmp_path: Path, cluster: dict | None, passed: list) -> None:
+    """The section's commands in order, on a fresh store, each checked against its promise, then its
+    python blocks; each step appended to `passed` once it has passed."""
     # `python` is the venv's, as after `source .venv/bin/activate`; the store is this test's own
     env = {
         **os.environ,
@@ -513,8 +574,10 @@ def run_section(section: str, tmp_path: Path, cluster: dict | None = None) -> No
         if promise.resumes:
             (run,) = [r for r in runs if r.info.run_id == resumed]
             assert run.info.status == "FINISHED" and run.data.tags["archbench.resumed"] == "1", command
+        passed.append(command)
     for code in [c for s, c in readme_python() if s == section]:  # after the commands, on their runs
         run_python(code, tmp_path, env)
+        passed.append(code)
 
 
 def run_python(code: str, tmp_path: Path, env: dict) -> None:

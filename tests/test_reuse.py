@@ -1,6 +1,7 @@
 """Sweeps and races that pick up where they stopped (tracking/reuse.py, identity.py): the same command
 run again trains only what the store does not hold, as users type it."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from collections import Counter
 import pytest
 
 from archbench import identity
-from conftest import ROOT, all_runs, compose_job, patience, run_py, shrunk, store
+from conftest import ROOT, all_runs, compose_job, environment, patience, run_py, shrunk, store
 
 START = "reusing {} finished runs, resuming {}, training {} (sweep.reuse=false trains all)"
 
@@ -41,17 +42,43 @@ def test_what_makes_runs_the_same(tmp_path):
     assert identity.code_version(base) == identity.code_version(compose_job(tmp_path, "seed=2"))
 
 
+def own_network(tmp_path):
+    """A network of one's own, its module and config folder under tmp_path: (the module's file, its
+    source, the overrides that choose it, the environment that imports it)."""
+    folder = tmp_path / "mywork"
+    (folder / "conf" / "model").mkdir(parents=True)
+    source = (
+        "from torch import nn\n\n\ndef Net(num_classes, activation):\n"
+        "    return nn.Sequential(\n"
+        "        nn.Flatten(), nn.Linear(784, 32), activation(), nn.Linear(32, num_classes)\n"
+        "    )\n"
+    )
+    (folder / "mynet.py").write_text(source)
+    (folder / "conf" / "model" / "mine.yaml").write_text(
+        "_target_: mynet.Net\nnum_classes: ${dataset.num_classes}\nactivation: ${activation}\n"
+    )
+    args = ["model=mine", f"hydra.searchpath=[file://{folder}/conf]"]
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+    return folder / "mynet.py", source, args, env
+
+
 @pytest.mark.slow
-def test_a_finished_sweep_run_again_trains_nothing_and_more_seeds_train_only_the_new(tmp_path):
+def test_a_finished_sweep_again_trains_nothing_more_seeds_only_the_new_and_changed_code_all(tmp_path):
     import sqlite3
 
-    args = ["-m", "activation=relu,tanh", "seeds=2"]
-    first = run_py(tmp_path, *args)
+    # on a network of one's own, so that its source can change at the end
+    module, source, mine, env = own_network(tmp_path)
+    args = ["-m", "activation=relu,tanh", *mine]
+    first = run_py(tmp_path, *args, "seeds=2", env=env)
     assert first.returncode == 0, first.stderr[-3000:]
     assert START.format(0, 0, 4) in first.stdout
     before = {r.info.run_id for r in jobs(tmp_path)}
-    # typed again, twice at once (each in its own folder, as two sweeps a second apart get them)
-    both = [start(tmp_path, [*args, f"hydra.sweep.dir={tmp_path}/outputs/again-{i}"]) for i in range(2)]
+    # typed again, twice at once (each in its own folder, as two sweeps a second apart get them): the
+    # same source of the network's own module is the same code
+    both = [
+        start(tmp_path, [*args, "seeds=2", f"hydra.sweep.dir={tmp_path}/outputs/again-{i}"], env=env)
+        for i in range(2)
+    ]
     for process in both:
         out, err = process.communicate(timeout=patience(300))
         assert process.returncode == 0, err[-3000:]
@@ -59,7 +86,7 @@ def test_a_finished_sweep_run_again_trains_nothing_and_more_seeds_train_only_the
     with sqlite3.connect(tmp_path / "mlruns" / "mlflow.db") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert {r.info.run_id for r in jobs(tmp_path)} == before
-    more = run_py(tmp_path, "-m", "activation=relu,tanh", "seeds=3")
+    more = run_py(tmp_path, *args, "seeds=3", env=env)
     assert more.returncode == 0, more.stderr[-3000:]
     assert START.format(4, 0, 2) in more.stdout
     assert "4 runs reused from earlier sweeps" in more.stdout
@@ -79,30 +106,12 @@ def test_a_finished_sweep_run_again_trains_nothing_and_more_seeds_train_only_the
     assert sorted(int(p.name) for p in (tmp_path / "outputs" / "sweep").iterdir() if p.name.isdigit()) == [
         *range(6)
     ]
-
-
-@pytest.mark.slow
-def test_a_changed_model_source_retrains_and_says_why(tmp_path):
-    folder = tmp_path / "mywork"
-    (folder / "conf" / "model").mkdir(parents=True)
-    source = (
-        "from torch import nn\n\n\ndef Net(num_classes):\n"
-        "    return nn.Sequential(nn.Flatten(), nn.Linear(784, num_classes))\n"
-    )
-    (folder / "mynet.py").write_text(source)
-    (folder / "conf" / "model" / "mine.yaml").write_text(
-        "_target_: mynet.Net\nnum_classes: ${dataset.num_classes}\n"
-    )
-    args = ["-m", "model=mine", "seed=0,1", f"hydra.searchpath=[file://{folder}/conf]"]
-    env = {"PYTHONPATH": str(folder)}
-    assert run_py(tmp_path, *args, env=env).returncode == 0
-    same = run_py(tmp_path, *args, env=env)
-    assert START.format(2, 0, 0) in same.stdout, same.stdout[-2000:]
-    (folder / "mynet.py").write_text(source + "# a change: the bias is now ...\n")
-    changed = run_py(tmp_path, *args, env=env)
+    # the network's module edited: a run of the old source is not reused, and the sweep says why
+    module.write_text(source + "# a change: the bias is now ...\n")
+    changed = run_py(tmp_path, *args, "seeds=1", env=env)
     assert changed.returncode == 0, changed.stderr[-3000:]
     assert START.format(0, 0, 2) in changed.stdout and "2 runs not reused: code changed" in changed.stdout
-    assert len(jobs(tmp_path)) == 4
+    assert len(jobs(tmp_path)) == 6 + 2
 
 
 def finished_runs(tmp_path) -> int:
@@ -124,10 +133,10 @@ def epochs(tmp_path) -> int:
     return epochs_logged(tmp_path)
 
 
-def start(tmp_path, args):
+def start(tmp_path, args, env=None):
     return subprocess.Popen(
         [sys.executable, "run.py", *shrunk(tmp_path, args)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(env),
     )  # fmt: skip
 
 
