@@ -203,6 +203,8 @@ SKIPS = {
     ("Scaling out", "make sweep-architectures"): "tracks to the team server at mlflow-host exported above",
     ("Scaling out", "make compare"): "reads the team server at mlflow-host exported above",
     # a ```python block, by its first line
+    ("From a notebook", "import archbench"): "tests/test_api.py runs it, each call with the shrinking "
+    "overrides appended, and checks what each line promises",
     (
         "Scaling out",
         "from mlflow.server import get_app_client  # run with MLFLOW_TRACKING_USERNAME=admin and "
