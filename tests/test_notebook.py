@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import psutil
@@ -99,6 +100,18 @@ def test_interrupting_the_kernel_during_a_sweep_leaves_its_runs_killed(tmp_path)
     assert jobs and {r.info.status for r in jobs} == {"KILLED"}
 
 
+def answer(url: str, deadline: float):
+    """The server's JSON at `url`, once it listens: it prints its address a moment before, under load."""
+    while True:
+        try:
+            with urllib.request.urlopen(url) as response:
+                return json.load(response)
+        except urllib.error.URLError as e:
+            if not isinstance(e.reason, ConnectionRefusedError) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def test_make_notebook_serves_jupyterlab_on_loopback_with_the_venvs_kernel(tmp_path):
     port = free_port()
     process = subprocess.Popen(
@@ -111,10 +124,11 @@ def test_make_notebook_serves_jupyterlab_on_loopback_with_the_venvs_kernel(tmp_p
             assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
             line = process.stdout.readline()
             token = next(iter(re.findall(rf"http://127\.0\.0\.1:{port}/lab\?token=(\w+)", line)), None)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/kernelspecs?token={token}") as answer:
-            specs = json.load(answer)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents?token={token}") as answer:
-            listed = {item["name"] for item in json.load(answer)["content"]}
+        specs = answer(f"http://127.0.0.1:{port}/api/kernelspecs?token={token}", deadline)
+        listed = {
+            item["name"]
+            for item in answer(f"http://127.0.0.1:{port}/api/contents?token={token}", deadline)["content"]
+        }
         servers = [p.cmdline() for p in psutil.Process(process.pid).children(recursive=True)]
     finally:
         if process.poll() is None:

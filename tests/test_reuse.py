@@ -157,8 +157,8 @@ def test_a_race_killed_after_its_first_round_continues_and_ends_as_if_never_stop
     process = start(killed, args)
     wait_for(process, lambda: finished_runs(killed) >= 6, "the first round")
     process.send_signal(signal.SIGTERM)  # as the second round starts
-    process.communicate(timeout=patience(120))
-    assert process.returncode == 143
+    _, err = process.communicate(timeout=patience(120))
+    assert process.returncode == 143, err[-3000:]
     done_before = finished_runs(killed)
     again = run_py(killed, *args)
     assert again.returncode == 0, again.stderr[-3000:]
