@@ -29,6 +29,9 @@ install: $(STAMP) data ## set up .venv (pip, pinned torch) and Fashion-MNIST
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,cluster,search,server,notebook]'
+	@# the notebook's kernel, in the venv itself (.venv/share/jupyter): this venv's python, whatever else
+	@# a user's own Jupyter folders hold under the name python3
+	$(PY) -m ipykernel install --sys-prefix --name archbench --display-name "archbench (.venv)" >/dev/null
 	touch $@
 
 data: ## Fashion-MNIST from Debian's dataset-fashion-mnist (installed when run as root)
@@ -61,7 +64,7 @@ ui: install ## the MLflow UI on http://127.0.0.1:5000 (PORT=..., HOST=0.0.0.0 to
 server: install ## a team MLflow server (basic-auth, PostgreSQL); needs ARCHBENCH_ADMIN_PASSWORD: README "Scaling out"
 	$(PY) -m archbench.server --host $(HOST) --port $(PORT) $(ARGS)
 
-notebook: install ## JupyterLab on notebooks/ (course.ipynb) at http://127.0.0.1:8888, the venv as its kernel (NB_PORT=...)
+notebook: install ## JupyterLab on notebooks/ (course.ipynb) at http://127.0.0.1:8888, the venv's kernel (NB_PORT=...)
 	$(PY) -m jupyter lab --notebook-dir=notebooks --ServerApp.ip=$(HOST) --ServerApp.port=$(NB_PORT) \
 	  --ServerApp.port_retries=0 --ServerApp.open_browser=False $(if $(AS_ROOT),--ServerApp.allow_root=True)
 

@@ -3,6 +3,7 @@ a notebook calls them, against `run.py` typed with the same overrides; and the R
 
 import ast
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -137,3 +138,63 @@ def test_the_readmes_python_calls_do_what_it_says(tmp_path, monkeypatch):
     assert set(table.n) == {5}
     assert scope["latest"].parent_id == scope["comparison"].parent_id
     assert "2,512" in scope["counts"].text
+
+
+CELL = '''
+import torch
+from torch import nn
+
+
+def block(n: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(n, n), nn.ReLU())
+
+
+class Tiny(nn.Module):
+    @torch.no_grad()
+    def describe(self):
+        return "tiny"
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), block(16), nn.Linear(16, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class CNN2(Tiny):
+    def forward(self, x):
+        return self.net(x)
+'''
+
+
+def cell_class(tmp_path, name: str) -> type:
+    """A class as a notebook cell defines it: its source only where linecache finds it, by file name."""
+    import importlib.util
+
+    path = tmp_path / "cell_1.py"
+    path.write_text(CELL)
+    spec = importlib.util.spec_from_file_location("__cell__", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+def test_a_cells_network_is_written_with_its_cell_and_importable(tmp_path, capsys):
+    import importlib
+
+    from archbench import cells
+
+    name = archbench.network(cell_class(tmp_path, "Tiny"), num_classes="${dataset.num_classes}")
+    assert name == "tiny"
+    (written,) = [line for line in capsys.readouterr().out.splitlines() if "written to" in line]
+    path = Path(written.split("written to ")[1].split(" for the jobs")[0])
+    assert path.parent == cells.FOLDER and "def block(n: int)" in path.read_text()  # what the class uses
+    net = importlib.import_module(path.stem).Tiny(num_classes=3)  # as a job imports it
+    assert tuple(net(torch.zeros(2, 1, 28, 28)).shape) == (2, 3)
+    inspected = archbench.inspect("model=tiny", *small(tmp_path))  # the option, composed by Hydra
+    assert f"{16 * 784 + 16 + 16 * 16 + 16 + 16 * 10 + 10:,}" in inspected.text
+    with pytest.raises(ValueError, match=r"model=cnn2 is archbench's own network"):
+        archbench.network(cell_class(tmp_path, "CNN2"))
+    with pytest.raises(archbench.ArchbenchError, match="use archbench.inspect"):
+        archbench.run("model=tiny", "mode=inspect", *small(tmp_path))

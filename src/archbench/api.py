@@ -11,6 +11,7 @@ hydra-zen's `launch()` calls them.)
 
 import contextlib
 import io
+import logging
 import sys
 import threading
 import time
@@ -40,6 +41,9 @@ def run(*overrides: str) -> results.Run:
     from archbench.tracking import runs
 
     overrides = list(overrides)
+    if "mode=inspect" in overrides:
+        raise ArchbenchError("error: mode=inspect trains nothing: use archbench.inspect")
+    before = len(runs.opened)
     with _hydra() as hydra:
         mode = _mode(hydra, overrides)
         if mode == RunMode.MULTIRUN:
@@ -48,7 +52,9 @@ def run(*overrides: str) -> results.Run:
             overrides.append("hydra.mode=RUN")
         job = _call(lambda: hydra.run("config", _task, overrides))
         uri = results.absolute_uri(job.cfg.tracking.uri, ROOT)
-    return results.Run.latest(uri, runs.process_tag())
+    if len(runs.opened) == before:
+        raise ArchbenchError("error: the job opened no run")
+    return results.Run.get(uri, runs.opened[-1])
 
 
 def sweep(*overrides: str) -> results.Comparison:
@@ -66,9 +72,21 @@ def sweep(*overrides: str) -> results.Comparison:
         try:
             with _JobsBar(started):
                 _call(lambda: hydra.multirun("config", _task, overrides))
-        finally:  # an interrupt or a failed job: Hydra skips its end callback; the parent is closed here
+        except BaseException as e:  # Hydra skips its end callback: the parent is closed here
             for callback in MlflowSweep.started[started:]:
-                callback.close()
+                callback.close(killed=isinstance(e, KeyboardInterrupt))
+            if (
+                not isinstance(e, Exception)
+                or isinstance(e, ArchbenchError)
+                or len(MlflowSweep.started) == started
+            ):
+                raise
+            # a job failed (Hydra raises the first one's error): the others are recorded, as run.py says
+            parent = MlflowSweep.started[started].last_parent
+            raise ArchbenchError(
+                f"a job of the sweep failed: {type(e).__name__}: {e}; the others are recorded: "
+                f"archbench.compare(parent={parent!r})"
+            ) from None
     mine = MlflowSweep.started[started]
     return compare(parent=mine.last_parent, tracking_uri=str(mine.config.tracking.uri))
 
@@ -136,7 +154,10 @@ class _JobsBar:
             if len(MlflowSweep.started) > self.started:
                 folder = Path(MlflowSweep.started[self.started].config.hydra.sweep.dir)
                 ended = [p for name in (PREDICTIONS, FAILED_FILE) for p in folder.glob(f"*/{name}")]
-                count = sum(p.stat().st_mtime >= self.since for p in ended)
+                try:
+                    count = sum(p.stat().st_mtime >= self.since for p in ended)
+                except OSError:  # a job's folder moved or removed meanwhile: look again next second
+                    continue
                 if bar is None:
                     bar = tqdm(desc="jobs ended", unit=" jobs")
                 bar.update(count - bar.n)
@@ -147,8 +168,15 @@ class _JobsBar:
 
 
 def _task(cfg):
+    import os
+
     from archbench.app import main
 
+    # in a worker process too (joblib's reuses its workers, which may have started elsewhere): the
+    # project's folder, and a cell's networks importable
+    if Path.cwd() != ROOT:
+        os.chdir(ROOT)
+    cells.importable()
     return main(cfg)
 
 
@@ -157,12 +185,26 @@ def _hydra():
     """Hydra set up on the project's config, in the project's folder, for one call."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
     from archbench import slurm  # noqa: F401  (the Slurm preset's ${archbench.gpus:...} resolver)
 
-    GlobalHydra.instance().clear()  # a call interrupted before its end left it set
-    with contextlib.chdir(ROOT), initialize_config_dir(str(CONF), version_base="1.3", job_name="run"):
-        yield GlobalHydra.instance().hydra
+    # the notebook's own Hydra (a hydra.initialize() of its cells) and logging, as they were after it
+    saved, root = get_gh_backup(), logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    GlobalHydra.instance().clear()
+    try:
+        with contextlib.chdir(ROOT), initialize_config_dir(str(CONF), version_base="1.3", job_name="run"):
+            yield GlobalHydra.instance().hydra
+    finally:
+        restore_gh_from_backup(saved)
+        for handler in set(root.handlers) - set(handlers):  # Hydra's, to the last job's run.log
+            root.removeHandler(handler)
+            handler.close()
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
 
 
 def _mode(hydra, overrides: list[str]):

@@ -2,7 +2,8 @@
 
 A sweep's jobs run in other processes (joblib's workers, Slurm's nodes), which import a network by
 its config's `_target_`, and a class defined in a notebook lives in no module they can import. So
-`network` writes the class's source to a module file of its own, under outputs/networks/, named
+`network` writes the class's cell (its imports, classes and functions) to a module file of its own,
+under outputs/networks/, named
 after a digest of that source (an edited class is a new module: a worker that imported the old one
 cannot run it by mistake, and a sweep does not reuse runs of the old code), and registers its config
 as an option of the model group in Hydra's ConfigStore, which Hydra's launchers carry to their jobs.
@@ -17,7 +18,9 @@ import os
 import sys
 from pathlib import Path
 
-FOLDER = Path(__file__).resolve().parents[2] / "outputs" / "networks"
+ROOT = Path(__file__).resolve().parents[2]  # the project (an editable install: src/archbench/cells.py)
+CONF = ROOT / "conf"
+FOLDER = ROOT / "outputs" / "networks"
 # what a cell's network most often uses without importing it in its own cell
 HEADER = "import torch\nfrom torch import nn\nimport torch.nn.functional as F\n"
 
@@ -40,6 +43,11 @@ def network(cls: type, name: str | None = None, **arguments) -> str:
     from hydra.core.config_store import ConfigStore
 
     name = name or cls.__name__.lower()
+    if (CONF / "model" / f"{name}.yaml").exists():  # the main config is searched first: it would win
+        raise ValueError(
+            f"model={name} is archbench's own network (conf/model/{name}.yaml): "
+            f"give this one another name, network({cls.__name__}, name=...)"
+        )
     source = _source(cls)
     module = f"{cls.__name__.lower()}_{hashlib.sha256(source.encode()).hexdigest()[:10]}"
     FOLDER.mkdir(parents=True, exist_ok=True)
@@ -50,6 +58,7 @@ def network(cls: type, name: str | None = None, **arguments) -> str:
         temporary.replace(path)  # whole or absent: a job importing it never sees half a file
     importable()
     importlib.invalidate_caches()  # the folder's listing, as this process's finder read it before the file
+    getattr(importlib.import_module(module), cls.__name__)  # what a job will import: fails here, not there
     ConfigStore.instance().store(
         group="model", name=name, node={"_target_": f"{module}.{cls.__name__}", **arguments}
     )
@@ -58,19 +67,20 @@ def network(cls: type, name: str | None = None, **arguments) -> str:
 
 
 def _source(cls: type) -> str:
-    """The class's source with its cell's imports, after the usual ones."""
-    functions = [f for f in vars(cls).values() if inspect.isfunction(f)]
+    """The cell's imports, classes and functions (the class and what it may use), after the usual imports."""
+    functions = [inspect.unwrap(f) for f in vars(cls).values() if inspect.isfunction(f)]
     if not functions:
         raise TypeError(f"{cls.__name__} defines no method: nothing shows where its source is")
-    cell = "".join(linecache.getlines(functions[0].__code__.co_filename))
+    filename = functions[0].__code__.co_filename
+    cell = "".join(linecache.getlines(filename))
     tree = ast.parse(cell)
-    found = [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == cls.__name__]
-    if not found:
-        raise TypeError(f"the source of {cls.__name__} is not in {functions[0].__code__.co_filename}")
-    imports = [
-        ast.get_source_segment(cell, n) for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)
-    ]
-    node = found[-1]
-    start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
-    body = "".join(cell.splitlines(keepends=True)[start - 1 : node.end_lineno])
-    return HEADER + "".join(f"{i}\n" for i in imports) + "\n\n" + body
+    if not any(isinstance(n, ast.ClassDef) and n.name == cls.__name__ for n in tree.body):
+        raise TypeError(f"the source of {cls.__name__} is not in {filename}")
+    kept = (ast.Import, ast.ImportFrom, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    lines = cell.splitlines(keepends=True)
+    parts = []
+    for node in tree.body:
+        if isinstance(node, kept):
+            start = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+            parts.append("".join(lines[start - 1 : node.end_lineno]))
+    return HEADER + "\n\n" + "\n\n".join(parts)

@@ -30,15 +30,10 @@ class Run:
     experiment_id: str
 
     @classmethod
-    def latest(cls, uri: str, process: str) -> "Run":
-        """The run this process (its runs.PROCESS_TAG) started last in the store at `uri`."""
-        from archbench.tracking import runs, store
+    def get(cls, uri: str, run_id: str) -> "Run":
+        from archbench.tracking import store
 
-        mlflow_client = store.client(uri)
-        ids = [e.experiment_id for e in mlflow_client.search_experiments()]
-        where = f"tags.`{runs.PROCESS_TAG}` = '{process}'"
-        found = mlflow_client.search_runs(ids, where, order_by=["attributes.start_time DESC"], max_results=1)
-        return cls.of(found[0], uri)
+        return cls.of(store.client(uri).get_run(run_id), uri)
 
     @classmethod
     def of(cls, run, uri: str) -> "Run":

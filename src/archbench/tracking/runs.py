@@ -279,6 +279,9 @@ class Run:
             self._stop(signum)
 
 
+opened: list[str] = []  # the ids of the runs this process opened, in order: the Python API returns its own
+
+
 def open_run(cfg: DictConfig, name: str, tags: dict, sweep_dir: Path | None, resume_id=None) -> Run:
     """A new run (a child of its sweep's parent run, if any), or the resumed one."""
     mlflow_client = client(cfg.tracking.uri)
@@ -289,6 +292,7 @@ def open_run(cfg: DictConfig, name: str, tags: dict, sweep_dir: Path | None, res
         parent_id = parent.read_text().strip() if parent and parent.is_file() else None
         run = Run.start(mlflow_client, cfg.tracking.experiment, name, tags, parent_id)
     run.system_metrics = cfg.tracking.get("system_metrics", False)
+    opened.append(run.run_id)
     return run
 
 

@@ -119,9 +119,11 @@ class MlflowSweep(Callback):
         atexit.unregister(self._finish)
         self._finish(config, interrupted=False)
 
-    def close(self) -> None:
-        """Close the parent, as interrupted, if the sweep ended without on_multirun_end."""
+    def close(self, killed: bool = False) -> None:
+        """Close the parent, as interrupted, if the sweep ended without on_multirun_end; `killed`:
+        by Ctrl-C (a kernel interrupt), which makes it KILLED even before any job had a run."""
         atexit.unregister(self._finish)
+        self.signalled = self.signalled or (killed and self.parent_id is not None)
         self._finish(self.config, interrupted=True)
 
     def _finish(self, config: DictConfig, interrupted: bool) -> None:
