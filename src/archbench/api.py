@@ -22,10 +22,11 @@ from archbench import cpus
 cpus.prepare_environment()  # before torch loads OpenMP, as run.py does: it reads its wait policy only then
 
 from archbench import cells, results  # noqa: E402
-from archbench.cells import network  # noqa: E402, F401  (a notebook's own nn.Module, as model=<name>)
 
-ROOT = Path(__file__).resolve().parents[2]  # the project: run.py, conf/, and what its paths are relative to
-CONF = ROOT / "conf"
+# ROOT: the project (run.py, conf/), what the config's relative paths are relative to;
+# network: a notebook's own nn.Module, made the option model=<name>
+from archbench.cells import CONF, ROOT, network  # noqa: E402, F401
+
 cells.importable()  # before any job process starts: they import a cell's network from its folder
 
 

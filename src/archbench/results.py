@@ -1,6 +1,7 @@
 """What the Python API (api.py) hands back, each showing itself in a notebook: a run, a sweep's
 comparison, a network's inspection."""
 
+import functools
 import html
 import tempfile
 from dataclasses import dataclass, field
@@ -106,9 +107,10 @@ class Comparison:
     def title(self) -> str:
         return self.comp.title
 
-    @property
+    @functools.cached_property
     def ui_link(self) -> str:
-        """The sweep's runs in the MLflow UI (`make ui`), grouped by configuration."""
+        """The sweep's runs in the MLflow UI (`make ui`), grouped by configuration: a view saved
+        with the experiment, once (every time the notebook shows the comparison reads it)."""
         from archbench.compare import report
 
         name = self.parent or f"experiment-{self.experiment_id}"
