@@ -140,7 +140,8 @@ class MlflowSweep(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         mlflow_client = client(config.tracking.uri)
         # this session's: an earlier one run in the same folder (reuse.py) left its own there
-        started = mlflow_client.get_run(parent_id).info.start_time / 1000
+        parent = mlflow_client.get_run(parent_id)
+        started = parent.info.start_time / 1000
         failures = [
             json.loads(p.read_text())
             for p in sorted(sweep_dir.glob(f"*/{FAILED_FILE}"))
@@ -168,7 +169,7 @@ class MlflowSweep(Callback):
                     margin=config.compare.margin,
                     race=raced,
                     correct=correct,
-                    note=_reused_note(mlflow_client, parent_id),
+                    note=_reused_note(parent.data.tags),
                 )
                 self._attach(mlflow_client, parent_id, comp)
             _log_best(mlflow_client, parent_id, sweep_dir)
@@ -211,11 +212,11 @@ class MlflowSweep(Callback):
         return "FINISHED"
 
 
-def _reused_note(mlflow_client, parent_id: str) -> str:
-    """The comparison's word on the runs it took from earlier sweeps rather than training them."""
+def _reused_note(tags: dict[str, str]) -> str:
+    """The comparison's word on the runs it took from earlier sweeps rather than training them, from
+    the parent run's tags (the launcher set them before any job ran)."""
     from archbench.tracking.reuse import CONTINUES_TAG, REUSED_TAG
 
-    tags = mlflow_client.get_run(parent_id).data.tags
     reused = int(tags.get(REUSED_TAG, 0))
     if not reused:
         return ""
