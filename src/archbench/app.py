@@ -62,8 +62,11 @@ def main(cfg: DictConfig) -> float | None:
 
 def run_job(cfg: DictConfig) -> float | None:
     # what makes this run the same as another, from the config as composed (identity.py): a later
-    # sweep of the same configuration and seed reuses it rather than training it again
-    same = (identity.settings(cfg), identity.code_version(cfg))
+    # sweep of the same configuration and seed reuses it rather than training it again. Only a new
+    # run is tagged with it: a resumed one has its tags, and mode=inspect makes no run
+    same = (
+        None if cfg.resume or cfg.mode == "inspect" else (identity.settings(cfg), identity.code_version(cfg))
+    )
     requeued = slurm.restarted() and not cfg.resume
     if requeued:  # Slurm started this job again (pre-emption, time limit): continue its run, if it had one
         earlier = runs.job_run(cfg, sweep_dir(), slurm.job_id())
@@ -182,6 +185,8 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
         if state is not None:
             start, spent = trainer.restore(state) + 1, state["train_time_s"]
             log.info("resuming %s after epoch %d", run.run_id, start - 1)
+            if "metrics" in state:  # killed after the checkpoint, before its metrics reached the store
+                run.log_metrics(state["metrics"], step=start - 1, once=True)
         elif not cfg.resume:  # (a requeued job's run without a checkpoint has its record already)
             run.log_config(cfg, logged)
             summary = model_summary(trainer.module, fits.input_shape(cfg), cfg.train.batch_size, device)
@@ -193,10 +198,14 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
             nonlocal spent
             spent += metrics["epoch_time_s"]
             metrics["epoch_time_s"] = round(metrics["epoch_time_s"], 3)  # ms: timings vary more than that
-            with run.atomic():  # both or neither: a resumed run logs each epoch once
-                run.log_metrics(metrics, step=epoch)
-                if cfg.train.checkpoint:
-                    run.log_state({**trainer.checkpoint(epoch), "train_time_s": spent})
+            # Every epoch logged once, whenever the process dies (SIGKILL too, which nothing can hold
+            # back): the checkpoint first, carrying the epoch's metrics, then the metrics. Resumed
+            # from it, the run logs those metrics unless the store has them (once=True), and the
+            # epochs after it. Resumed from the slot before (this write torn), it trains this epoch
+            # again, to the same numbers, and logs nothing the store holds.
+            if cfg.train.checkpoint:
+                run.log_state({**trainer.checkpoint(epoch), "train_time_s": spent, "metrics": metrics})
+            run.log_metrics(metrics, step=epoch, once=True)
 
         try:
             final = trainer.fit(data, cfg.train.epochs, start_epoch=start, on_epoch_end=on_epoch_end)
@@ -213,7 +222,7 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
             "train_time_s": round(spent, 3),
             **{k: final[k] for k in ("overfit_accuracy",) if k in final},
         }
-        run.log_metrics(totals, step=last)
+        run.log_metrics(totals, step=last, once=True)
         # the model (runs:/<id>/model), confusion matrix and accuracy per class
         predicted = trainer.predict(data.x_test)
         records.log_outcome(run, cfg, trainer.module, data, predicted, last, logged)

@@ -263,6 +263,7 @@ def _records(cfg):
         flag = cfg.tracking.get(key, False)
         if not isinstance(flag, bool):
             raise ConfigError(f"tracking.{key} must be true or false, got {flag!r}")
+    _number(cfg, "tracking.heartbeat_s", low=0, low_open=True)
 
 
 def validate_sweep(config: DictConfig, seed_swept: bool) -> None:
@@ -273,6 +274,11 @@ def validate_sweep(config: DictConfig, seed_swept: bool) -> None:
     reuse = OmegaConf.select(config, "sweep.reuse", default=True)
     if not isinstance(reuse, bool):
         raise ConfigError(f"sweep.reuse must be true or false, got {reuse!r}")
+    beat = _number(config, "tracking.heartbeat_s", low=0, low_open=True)
+    if _number(config, "sweep.stale_after", low=0, low_open=True) < 2 * beat:
+        # one late beat (a store busy for a moment) must not make a live run look dead
+        shown = config.sweep.stale_after
+        raise ConfigError(f"sweep.stale_after must be >= 2 x tracking.heartbeat_s={beat:g}, got {shown}")
     if config.seeds != "auto":
         return
     if seed_swept:

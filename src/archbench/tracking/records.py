@@ -75,6 +75,7 @@ def log_outcome(
     run.log_metrics(
         {class_metric(c): round(a, 4) for c, a in zip(classes, shares, strict=True) if a is not None},
         step=step,
+        once=True,
     )
     title = f"{run.name}: test accuracy {float(matrix.trace() / matrix.sum()):.4f}"
     with tempfile.TemporaryDirectory() as tmp, run.atomic():

@@ -4,8 +4,10 @@ Before a batch is launched, each job's composed config gives its two keys (archb
 the store is asked for runs that carry them:
 - a FINISHED run of the same keys is reused: not launched, its score and test predictions counted
   as they are (the latest, where there are several);
-- a KILLED run, or one left RUNNING by a process that is gone, is resumed from its checkpoint
-  (`resume=<run id>`, as by hand); without a checkpoint, it is closed KILLED and the job trains;
+- a KILLED run, or an orphaned one (left RUNNING by a process that is gone: `orphaned`), is resumed
+  from its checkpoint (`resume=<run id>`, as by hand); without a checkpoint, it is closed KILLED and
+  the job trains. Two sweeps that find it at once both `claim` it, and exactly one wins: the other
+  waits for that one's resume to end and reuses its result, or says why it has none;
 - anything else trains.
 Runs reused or resumed are tagged `archbench.used_by.<parent run id>` with the configuration they
 count as; so are a sweep's own new children. The comparison, and the UI view the sweep link opens,
@@ -17,6 +19,8 @@ any left in the sweep folder.
 
 import logging
 import socket
+import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,25 +32,70 @@ from omegaconf import DictConfig, OmegaConf
 
 from archbench import identity
 from archbench.config import configuration
-from archbench.tracking.runs import PARENT_FILE, PROCESS_TAG, USED_BY, client
+from archbench.tracking.runs import HEARTBEAT_TAG, PARENT_FILE, PROCESS_TAG, USED_BY, client, process_tag
 
 log = logging.getLogger(__name__)
 
 CONTINUES_TAG = "archbench.continues"  # on a parent: the earlier sweeps whose runs it reused or resumed
 REUSED_TAG = "archbench.reused"  # on a parent: how many runs it reused (finished, not trained again)
+# + "<resume number>.<try>": the sweep that resumes a run. A param, because MLflow's store refuses a
+# second value for a run's param (the pair is the table's primary key): of the sweeps that write one
+# at once, exactly one succeeds, on SQLite, PostgreSQL, and a tracking server in front of either.
+CLAIM_PARAM = "archbench.claim."
+CLAIM_TRIES = 5  # writes of a claim that a busy store refused before the sweep gives the run up
+WAIT_POLL_S = 2.0  # seconds between looks at a run that another sweep resumes
 
 
-def gone(tag: str | None) -> bool:
-    """Whether the process a RUNNING run names has ended (one on another host is taken as alive)."""
+def orphaned(run, stale_after: float) -> bool:
+    """Whether the process of a RUNNING run is gone: on this host, by its process id and start time;
+    on another host (a Slurm node), by a heartbeat older than `stale_after` seconds."""
+    tag = run.data.tags.get(PROCESS_TAG)
     if not tag:
         return True  # a run from before the tag: no process of this version holds it
     host, pid, started = tag.rsplit(":", 2)
     if host != socket.gethostname():
-        return False
+        return time.time() - last_sign_of_life(run) > stale_after
     try:
         return f"{psutil.Process(int(pid)).create_time():.0f}" != started
     except psutil.NoSuchProcess:
         return True
+
+
+def last_sign_of_life(run) -> float:
+    """Unix seconds of a run's heartbeat; of a run logged before heartbeats, its last metric's
+    timestamp (RunData keeps each metric's latest point in _metric_objs), else its start."""
+    if HEARTBEAT_TAG in run.data.tags:
+        return float(run.data.tags[HEARTBEAT_TAG])
+    stamps = [m.timestamp for m in getattr(run.data, "_metric_objs", [])]
+    return max(stamps, default=run.info.start_time) / 1000
+
+
+def claim(mlflow_client, run, stale_after: float) -> str | None:
+    """This sweep's claim to resume `run` (the param's key), or None where another sweep holds it.
+
+    Claims are numbered per resume of the run (archbench.resumed + 1), then per try: a claim whose
+    sweep never reopened the run within `stale_after` seconds lapses, and the next try's key is free.
+    """
+    from mlflow.exceptions import MlflowException
+
+    resume = int(run.data.tags.get("archbench.resumed", 0)) + 1
+    prefix = f"{CLAIM_PARAM}{resume}."
+    tries = sorted(
+        (k for k in run.data.params if k.startswith(prefix)), key=lambda k: int(k.rsplit(".", 1)[1])
+    )
+    if tries and time.time() - float(run.data.params[tries[-1]].rsplit(":", 1)[1]) <= stale_after:
+        return None  # another sweep claimed it a moment ago
+    key = f"{prefix}{len(tries)}"
+    token = f"{process_tag()}:{uuid.uuid4().hex[:8]}:{time.time():.0f}"
+    for _ in range(CLAIM_TRIES):
+        try:
+            mlflow_client.log_param(run.info.run_id, key, token)
+        except MlflowException:  # another sweep's value is in ("changing param values is not
+            pass  # allowed"), or the store was busy: what it holds says which
+        held = mlflow_client.get_run(run.info.run_id).data.params.get(key)
+        if held is not None:
+            return key if held == token else None
+    return None
 
 
 @dataclass
@@ -58,7 +107,7 @@ class Reused(JobReturn):
 
 @dataclass
 class Decision:
-    action: str  # "reuse", "resume" or "train"
+    action: str  # "reuse", "resume", "wait" (another sweep resumes it) or "train"
     run: object = None  # the MLflow run reused or resumed
     why: str = ""  # a train with an earlier run of the same configuration and seed: why it is not used
 
@@ -71,6 +120,9 @@ class ReusingLauncher:
     config: DictConfig  # the sweep's, with its hydra node
     config_loader: object
     enabled: bool = True
+    stale_after: float = (
+        300.0  # sweep.stale_after: a RUNNING run on another host without a newer beat is orphaned
+    )
     reused: set = field(default_factory=set)
     earlier: set = field(default_factory=set)  # the parents of the runs reused or resumed
     next_job: int | None = None
@@ -110,14 +162,44 @@ class ReusingLauncher:
         launched = [
             [*overrides, f"resume={d.run.info.run_id}"] if d.action == "resume" else overrides
             for overrides, d in zip(job_overrides, decisions, strict=True)
-            if d.action != "reuse"
+            if d.action in ("resume", "train")
         ]
         results = iter(self.launcher.launch(launched, initial_job_idx=first) if launched else [])
         self.next_job = first + len(launched)
         return [
-            next(results) if d.action != "reuse" else _reused(overrides, d.run)
+            next(results)
+            if d.action in ("resume", "train")
+            else self._waited(mlflow_client, overrides, d)
+            if d.action == "wait"
+            else _reused(overrides, d.run)
             for overrides, d in zip(job_overrides, decisions, strict=True)
         ]
+
+    def _waited(self, mlflow_client, overrides: list[str], decision: Decision) -> JobReturn:
+        """The result of a run that another sweep claimed and resumes, once that resume ends."""
+        run_id, since = decision.run.info.run_id, time.time()
+        resume = int(decision.run.data.tags.get("archbench.resumed", 0)) + 1
+        print(f"waiting for run {run_id}: another sweep resumes it", flush=True)
+        while True:
+            run = mlflow_client.get_run(run_id)
+            if run.info.status == "FINISHED":
+                self.reused.add(run_id)
+                return _reused(overrides, run)
+            reopened = int(run.data.tags.get("archbench.resumed", 0)) >= resume
+            if run.info.status == "RUNNING" and reopened and orphaned(run, self.stale_after):
+                why = "its process died"
+            elif run.info.status != "RUNNING" and reopened:
+                why = f"it ended {run.info.status}"
+            elif not reopened and time.time() - since > self.stale_after:
+                why = f"that sweep did not start it within sweep.stale_after={self.stale_after:g} s"
+            else:
+                time.sleep(WAIT_POLL_S)  # a poll of the store: the resume's end is the event waited for
+                continue
+            error = RuntimeError(
+                f"run {run_id} ({configuration(overrides)}) was resumed by another sweep and {why}; "
+                "this sweep trained nothing for it: run the sweep again to resume it"
+            )
+            return JobReturn(overrides=overrides, status=JobStatus.FAILED, _return_value=error)
 
     def _decide(self, mlflow_client, overrides: list[str]) -> Decision:
         cfg = self.config_loader.load_sweep_config(self.config, overrides)
@@ -140,11 +222,13 @@ class ReusingLauncher:
                 return Decision("reuse", run)
         for run in same:
             stopped = run.info.status == "KILLED" or (
-                run.info.status == "RUNNING" and gone(run.data.tags.get(PROCESS_TAG))
+                run.info.status == "RUNNING" and orphaned(run, self.stale_after)
             )
             if not stopped:
                 continue
             if mlflow_client.list_artifacts(run.info.run_id, "checkpoint"):
+                if claim(mlflow_client, run, self.stale_after) is None:
+                    return Decision("wait", run)
                 return Decision("resume", run)
             if run.info.status == "RUNNING":  # its process is gone before its first epoch ended
                 mlflow_client.set_terminated(run.info.run_id, "KILLED")
@@ -177,9 +261,10 @@ class ReusingLauncher:
     @staticmethod
     def _say(decisions: list[Decision]) -> None:
         counts = Counter(d.action for d in decisions)
+        waiting = f", waiting for {counts['wait']} that another sweep resumes" if counts["wait"] else ""
         print(
             f"reusing {counts['reuse']} finished runs, resuming {counts['resume']}, "
-            f"training {counts['train']} (sweep.reuse=false trains all)",
+            f"training {counts['train']}{waiting} (sweep.reuse=false trains all)",
             flush=True,
         )
         why = Counter(d.why for d in decisions if d.why)

@@ -30,7 +30,14 @@ PARENT_FILE = "mlflow_parent_run_id"  # in a sweep's folder: the parent run its 
 # parent's id, with the configuration the sweep counts the run as
 USED_BY = "archbench.used_by."
 PROCESS_TAG = "archbench.process"  # host:pid:start time of the process that has the run open
-CHECKPOINT = "checkpoint/last.pt"
+# Unix seconds, refreshed while the run is open (Heartbeat): a sweep on any host can tell that the
+# process holding a RUNNING run is gone (reuse.orphaned). MLflow itself has none: a killed process's
+# run stays RUNNING for ever.
+HEARTBEAT_TAG = "archbench.heartbeat"
+# Two slots, taken in turn by odd and even epochs: a process killed while it writes one (SIGKILL, the
+# out-of-memory killer, a node losing power) tears that file only, and the other still holds the
+# epoch before. last.pt is the one slot of runs logged before.
+CHECKPOINTS = ("checkpoint/odd.pt", "checkpoint/even.pt", "checkpoint/last.pt")
 SYSTEM_METRICS_S = 1.0  # seconds between system/... samples: a 5-epoch mlp run lasts ~2 s
 SLURM_TAG = "slurm_job_id"  # a Slurm job's run: the job as squeue and scancel name it
 # submitit's signal to checkpoint and requeue a Slurm job (its JobEnvironment.USR_SIG)
@@ -140,13 +147,16 @@ class Run:
         self._saved_handlers: dict = {}
         self._monitor = None
         self._last_ms = 0  # the last metric timestamp: each batch's is later (see log_metrics)
+        self.held: dict[str, int] = {}  # a resumed run's metrics in the store: key -> its latest step
+        self.heartbeat_s: float = HEARTBEAT_S
+        self._heartbeat: Heartbeat | None = None
 
     @classmethod
     def start(cls, mlflow_client, experiment: str, name: str, tags: dict, parent_run_id=None):
         from mlflow.tracking.context.registry import resolve_tags
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-        tags = {**tags, PROCESS_TAG: process_tag()}
+        tags = {**tags, PROCESS_TAG: process_tag(), HEARTBEAT_TAG: beat()}
         if parent_run_id:  # the sweep's own, as its reused runs are (reuse.py): its comparison is these
             tags = {
                 **tags,
@@ -167,8 +177,13 @@ class Run:
         resumed = int(run.data.tags.get("archbench.resumed", 0)) + 1
         mlflow_client.set_tag(run_id, "archbench.resumed", str(resumed))
         mlflow_client.set_tag(run_id, PROCESS_TAG, process_tag())  # this process has it open now
+        mlflow_client.set_tag(run_id, HEARTBEAT_TAG, beat())
         mlflow_client.update_run(run_id, status="RUNNING")
-        return cls(mlflow_client, run_id, run.info.run_name)
+        reopened = cls(mlflow_client, run_id, run.info.run_name)
+        # what the store holds already: a process killed between two writes is not logged twice
+        # (RunData keeps each metric's latest point, step included, in _metric_objs)
+        reopened.held = {m.key: m.step for m in getattr(run.data, "_metric_objs", [])}
+        return reopened
 
     def log_params(self, params: dict[str, str]) -> None:
         from mlflow.entities import Param
@@ -182,30 +197,47 @@ class Run:
         self.log_params(params)
         self.log_text(resolved_yaml(cfg), "config.yaml")
 
-    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        """All of `metrics` in one store call."""
-        from mlflow.entities import Metric
+    def log_metrics(self, metrics: dict[str, float], step: int = 0, once: bool = False) -> None:
+        """All of `metrics` in one store call, with a heartbeat. `once`: leave out the keys that a
+        resumed run already holds at `step` or later (its earlier process logged them, then died)."""
+        from mlflow.entities import Metric, RunTag
 
+        if once:
+            metrics = {k: v for k, v in metrics.items() if self.held.get(k, -1) < step}
         # strictly later than this run's last call: at an equal step, MLflow keeps the later value as
         # the run's summary (early stopping logs its best epoch's figures after the last epoch's)
         now = self._last_ms = max(int(time.time() * 1000), self._last_ms + 1)
-        with self.atomic():
-            self.client.log_batch(self.run_id, [Metric(k, float(v), now, step) for k, v in metrics.items()])
+        points = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        with self.atomic():  # one transaction: all of these points or none
+            self.client.log_batch(self.run_id, points, tags=[RunTag(HEARTBEAT_TAG, beat())])
 
     def log_text(self, text: str, name: str) -> None:
         self.client.log_text(self.run_id, text, name)
 
-    def log_state(self, state: dict, name: str = CHECKPOINT) -> None:
-        """torch.save `state` as the artifact `name`, replacing the previous one."""
+    def log_state(self, state: dict) -> None:
+        """torch.save `state` (a checkpoint, with its "epoch") into its epoch's slot."""
+        name = CHECKPOINTS[state["epoch"] % 2 == 0]
         with tempfile.TemporaryDirectory() as tmp, self.atomic():
             path = Path(tmp) / Path(name).name
             torch.save(state, path)
             self.client.log_artifact(self.run_id, str(path), str(Path(name).parent))
 
-    def load_state(self, name: str = CHECKPOINT) -> dict:
+    def load_state(self) -> dict:
+        """The latest checkpoint that reads whole; FileNotFoundError if there is none."""
+        held = {f.path for f in self.client.list_artifacts(self.run_id, "checkpoint")}
+        states = []
         with tempfile.TemporaryDirectory() as tmp:
-            path = self.client.download_artifacts(self.run_id, name, tmp)
-            return torch.load(path, weights_only=False, map_location="cpu")
+            for name in (n for n in CHECKPOINTS if n in held):
+                try:
+                    path = self.client.download_artifacts(self.run_id, name, tmp)
+                    states.append(torch.load(path, weights_only=False, map_location="cpu"))
+                except Exception as e:  # noqa: BLE001 (torn by a kill mid-write: the other slot holds)
+                    log.warning(
+                        "run %s: %s unreadable (%s); using the other checkpoint", self.run_id, name, e
+                    )
+        if not states:
+            raise FileNotFoundError(f"run {self.run_id} has no readable checkpoint")
+        return max(states, key=lambda state: state["epoch"])
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -213,6 +245,8 @@ class Run:
                 self._saved_handlers[sig] = signal.signal(sig, self._on_signal)
             if callable(signal.getsignal(PREEMPT)):  # submitit's, in a Slurm job: held back like these
                 self._saved_handlers[PREEMPT] = signal.signal(PREEMPT, self._on_signal)
+        self._heartbeat = Heartbeat(self.client, self.run_id, self.heartbeat_s)
+        self._heartbeat.start()
         if self.system_metrics:  # MLflow's own monitor, on a thread, for this run id (no fluent run)
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
@@ -225,6 +259,8 @@ class Run:
     def __exit__(self, kind, error, tb):
         for sig, handler in self._saved_handlers.items():
             signal.signal(sig, handler)
+        if self._heartbeat is not None:  # stopped first: no beat lands after the run's end
+            self._heartbeat.stop()
         if self._monitor is not None:
             self._monitor.finish()  # its last samples logged while the run is still RUNNING
         status = (
@@ -279,6 +315,34 @@ class Run:
             self._stop(signum)
 
 
+HEARTBEAT_S = 30.0  # tracking.heartbeat_s's default: seconds between beats while a run is open
+
+
+def beat() -> str:
+    return str(int(time.time()))
+
+
+class Heartbeat(threading.Thread):
+    """Sets a run's HEARTBEAT_TAG every `interval` seconds until stopped. Each epoch's metrics carry
+    one too (log_metrics): this thread covers epochs longer than the interval."""
+
+    def __init__(self, mlflow_client, run_id: str, interval: float):
+        super().__init__(name=f"heartbeat-{run_id}", daemon=True)
+        self.client, self.run_id, self.interval = mlflow_client, run_id, interval
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            try:
+                self.client.set_tag(self.run_id, HEARTBEAT_TAG, beat())
+            except Exception as e:  # noqa: BLE001 (a store busy for a moment: the next beat tries again)
+                log.debug("heartbeat of run %s not written: %s", self.run_id, e)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=60)
+
+
 opened: list[str] = []  # the ids of the runs this process opened, in order: the Python API returns its own
 
 
@@ -292,6 +356,7 @@ def open_run(cfg: DictConfig, name: str, tags: dict, sweep_dir: Path | None, res
         parent_id = parent.read_text().strip() if parent and parent.is_file() else None
         run = Run.start(mlflow_client, cfg.tracking.experiment, name, tags, parent_id)
     run.system_metrics = cfg.tracking.get("system_metrics", False)
+    run.heartbeat_s = cfg.tracking.get("heartbeat_s", HEARTBEAT_S)
     opened.append(run.run_id)
     return run
 
@@ -338,7 +403,7 @@ def resume_point(cfg: DictConfig, requeued: bool = False) -> tuple[DictConfig, d
         raise missing from e
     try:
         state = run.load_state()
-    except (MlflowException, OSError) as e:
+    except (MlflowException, OSError) as e:  # FileNotFoundError: no checkpoint reads whole
         if not requeued:
             raise missing from e
         state = None  # a requeued Slurm job stopped before its first epoch ended: it starts again

@@ -22,7 +22,10 @@ class RaceSweeper(BasicSweeper):
 
         # every batch (a round of a race) launches only what the store does not hold already
         reuse = OmegaConf.select(self.config, "sweep.reuse", default=True)
-        self.launcher = ReusingLauncher(self.launcher, self.config, self.hydra_context.config_loader, reuse)
+        stale_after = OmegaConf.select(self.config, "sweep.stale_after", default=300)
+        self.launcher = ReusingLauncher(
+            self.launcher, self.config, self.hydra_context.config_loader, reuse, stale_after=stale_after
+        )
         if self.config.get("seeds") != "auto":
             return super().sweep(arguments)
         from archbench.compare.race import Race, configurations
