@@ -180,7 +180,7 @@ def started_sweep(args):
 
 @pytest.mark.slow
 def test_a_stale_run_on_another_host_is_resumed_a_live_one_left_alone_and_two_sweeps_resume_once(tmp_path):
-    args = ["-m", "activation=relu,tanh", "seed=0", f"train.epochs={EPOCHS}", *small(tmp_path)]
+    args = ["-m", "activation=relu,tanh", "seed=0", *small(tmp_path), f"train.epochs={EPOCHS}"]
     first = run_py(tmp_path, *args)
     assert first.returncode == 0, first.stderr[-3000:]
     mlflow_client = store(tmp_path)
@@ -202,7 +202,7 @@ def test_a_stale_run_on_another_host_is_resumed_a_live_one_left_alone_and_two_sw
     assert not any(k.startswith(reuse.CLAIM_PARAM) for k in tanh.data.params)
     # relu's stopped again (KILLED, as Ctrl-C leaves it): two sweeps started together resume it once
     mlflow_client.set_terminated(relu.info.run_id, "KILLED")
-    one = ["-m", "activation=relu", "seed=0", f"train.epochs={EPOCHS}", *small(tmp_path)]
+    one = ["-m", "activation=relu", "seed=0", *small(tmp_path), f"train.epochs={EPOCHS}"]
     both = [started_sweep([*one, f"hydra.sweep.dir={tmp_path}/outputs/sweep-{i}"]) for i in range(2)]
     outs = [p.communicate(timeout=patience(600)) for p in both]
     assert [p.returncode for p in both] == [0, 0], [e[-3000:] for _, e in outs]
