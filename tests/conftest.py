@@ -1,16 +1,15 @@
 """Shared test helpers: compose the real config, shrink it, run jobs in-process or as subprocesses."""
 
-import functools
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 from archbench import cpus
+from waiting import patience, wait_for  # noqa: F401  (the tests import them from here)
 
 cpus.prepare_environment()  # as run.py does, before any test module loads torch
 # The suite runs its tests side by side (pytest-xdist), so each test's sweeps run one job at a time,
@@ -25,23 +24,6 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-# Python with torch, MLflow and Hydra imported, on the 2-core AMD EPYC where the suite's ceilings were
-# set (idle; measured, as `startup_s` measures it). The ceilings grow with this machine's own figure.
-REFERENCE_STARTUP_S = 4.0
-
-
-@functools.cache
-def startup_s() -> float:
-    """How long this machine, as busy as it is now, takes to start Python with torch, MLflow, Hydra."""
-    tic = time.monotonic()
-    subprocess.run([sys.executable, "-c", "import torch, mlflow, hydra"], check=True, timeout=600)
-    return time.monotonic() - tic
-
-
-def patience(seconds: float) -> float:
-    """A ceiling on a wait for an event (a job's epoch, a server's answer), scaled to this machine: a
-    slower or busier one than the reference gets proportionally longer. Never an assertion on speed."""
-    return seconds * max(1.0, startup_s() / REFERENCE_STARTUP_S)
 
 
 def small(tmp_path: Path) -> list[str]:
@@ -115,19 +97,18 @@ def free_port() -> int:
 
 
 def wait_for_health(url: str, process: subprocess.Popen, timeout: float, log: Path | None = None) -> None:
-    """Until `url`/health answers 200; fails at once, with the log, if the server process exits."""
-    timeout = patience(timeout)
-    deadline = time.monotonic() + timeout
-    shown = lambda: log.read_text() if log else ""  # noqa: E731
-    while True:
-        assert process.poll() is None, f"the server exited with {process.returncode}:\n{shown()}"
-        assert time.monotonic() < deadline, f"no answer from {url}/health in {timeout} s:\n{shown()}"
+    """Until `url`/health answers 200 (ceiling: patience(timeout)); fails at once, with the log, if the
+    server process exits."""
+
+    def healthy() -> bool:
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
+                return response.status == 200
+        except OSError:  # not listening yet
+            return False
+
+    shown = lambda: f"{url} (server exit {process.poll()}):\n" + (log.read_text() if log else "")  # noqa: E731
+    wait_for(healthy, f"{url}/health to answer", timeout, process, details=shown)
 
 
 def stop_group(process: subprocess.Popen, grace: float = 30) -> None:

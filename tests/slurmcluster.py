@@ -11,13 +11,15 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from waiting import patience, wait_for
+
 DAEMONS = ("munged", "slurmctld", "slurmd")
 PARTITION = "debug"
-START_S = 30  # until the node is idle; about 3 s on 2 cores
+START_S = 30  # until the node is idle (a ceiling, scaled by waiting.patience); about 3 s on 2 cores
+STOP_S = 30  # until scancel's jobs have ended (a ceiling, scaled)
 LIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "SIGNALING"}
 
 
@@ -36,7 +38,7 @@ class Cluster:
 
     def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
         """A Slurm command (squeue, scontrol, scancel, ...) against this cluster."""
-        done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=patience(60))
         assert done.returncode == 0 or not check, f"{' '.join(command)}: {done.stdout}{done.stderr}"
         return done
 
@@ -53,16 +55,17 @@ class Cluster:
         """Cancel what still runs, then stop the three daemons by process id."""
         if "slurmctld" in self.processes:
             self.run("scancel", "--full", f"--user={getpass.getuser()}", check=False)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and set(self.jobs().values()) & LIVE:
-                time.sleep(0.5)
+            try:
+                wait_for(lambda: not set(self.jobs().values()) & LIVE, "the cancelled jobs to end", STOP_S)
+            except AssertionError:  # the daemons stop all the same
+                pass
         for name in reversed(DAEMONS):
             process = self.processes.pop(name, None)
             if process is None or process.poll() is not None:
                 continue
             process.send_signal(signal.SIGTERM)
             try:
-                process.wait(timeout=30)
+                process.wait(timeout=patience(30))
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
@@ -81,7 +84,7 @@ def free_port() -> int:
 
 def node_line() -> str:
     """This machine as slurmd sees it: `NodeName=vm CPUs=2 ... RealMemory=24105`."""
-    done = subprocess.run([which("slurmd"), "-C"], capture_output=True, text=True, timeout=30)
+    done = subprocess.run([which("slurmd"), "-C"], capture_output=True, text=True, timeout=patience(30))
     line = next((x for x in done.stdout.splitlines() if x.startswith("NodeName=")), "")
     if not line:
         raise Unavailable(f"slurmd -C did not describe this machine: {done.stdout}{done.stderr}")
@@ -169,14 +172,21 @@ def start(folder: Path) -> Cluster:
 
 
 def _wait(ready, cluster: Cluster, what: str) -> None:
-    deadline = time.monotonic() + START_S
-    while not ready():
+    """Until `ready()`; Unavailable, with the daemons' logs, when a daemon exits or at the ceiling."""
+
+    def ready_while_alive():
         dead = [n for n, p in cluster.processes.items() if p.poll() is not None]
-        if dead or time.monotonic() > deadline:
-            logs = "\n".join(
-                f"--- {n}: {cluster.log(n) or (cluster.folder / f'{n}.out').read_text()[-2000:]}"
-                for n in cluster.processes
-            )
-            why = f"{', '.join(dead)} exited" if dead else f"no {what} in {START_S} s"
-            raise Unavailable(f"the Slurm test cluster did not start ({why}):\n{logs}")
-        time.sleep(0.2)
+        if dead:
+            raise Unavailable(f"the Slurm test cluster did not start ({', '.join(dead)} exited):\n{logs()}")
+        return ready()
+
+    def logs() -> str:
+        return "\n".join(
+            f"--- {n}: {cluster.log(n) or (cluster.folder / f'{n}.out').read_text()[-2000:]}"
+            for n in cluster.processes
+        )
+
+    try:
+        wait_for(ready_while_alive, what, START_S)
+    except AssertionError as e:
+        raise Unavailable(f"the Slurm test cluster did not start ({e}):\n{logs()}") from None

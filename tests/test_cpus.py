@@ -1,6 +1,7 @@
 """The CPU threads of a job: the lease on cores that archbench processes share, released even when
 its holder is killed, the user's own thread settings respected, and OpenMP kept from spinning."""
 
+import logging
 import os
 import signal
 import subprocess
@@ -10,13 +11,13 @@ import threading
 import pytest
 
 from archbench import cpus
-from conftest import ROOT, all_runs, patience, run_py, small
+from conftest import ROOT, all_runs, patience, run_py, small, wait_for
 
 HOLD = """
-import sys, time
+import sys
 from archbench import cpus
 print(cpus.lease(int(sys.argv[1])), flush=True)
-time.sleep(600)
+sys.stdin.read()  # until it is killed, or the test's process ends (its stdin closes)
 """
 
 
@@ -34,8 +35,9 @@ def lease_dir(tmp_path, monkeypatch):
 def holder(cores: int) -> tuple[subprocess.Popen, int]:
     """Another archbench process that leases `cores` cores and keeps them until it is killed."""
     process = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(cores)], cwd=ROOT, stdout=subprocess.PIPE, text=True
-    )
+        [sys.executable, "-c", HOLD, str(cores)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
     return process, int(process.stdout.readline())
 
 
@@ -68,15 +70,16 @@ def test_a_second_process_gets_the_cores_the_first_left(lease_dir):
         process.wait()
 
 
-def test_a_sweeps_job_waits_for_a_free_core_rather_than_share_one(lease_dir):
+def test_a_sweeps_job_waits_for_a_free_core_rather_than_share_one(lease_dir, caplog):
     """Two sweeps at once: the second one's jobs queue for cores instead of running beside the first's
     (4 one-thread jobs on 2 cores would each train at half speed, and longer with start-ups)."""
+    caplog.set_level(logging.INFO, logger=cpus.__name__)
     process, _ = holder(len(os.sched_getaffinity(0)))  # another sweep's jobs hold every core
     got = []
     waiting = threading.Thread(target=lambda: got.append(cpus.threads_for_job(None, 1, "queued")))
     try:
         waiting.start()
-        waiting.join(timeout=2)
+        wait_for(lambda: "waiting for a free core" in caplog.text, "the job's 'waiting for a free core'", 30)
         assert waiting.is_alive() and not got  # still waiting: every core is held
     finally:
         process.kill()  # its jobs end: their cores come free

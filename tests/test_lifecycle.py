@@ -4,14 +4,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 from omegaconf import OmegaConf
 
 from archbench import app
 from archbench.train import Trainer
-from conftest import ROOT, all_runs, compose_job, patience, shrunk, store
+from conftest import ROOT, all_runs, compose_job, patience, shrunk, store, wait_for
 
 
 def only_run(tmp_path):
@@ -145,12 +144,32 @@ def test_same_seed_same_numbers(tmp_path):
 
 # --- real signals to a real process ----------------------------------------------------------
 
-SLOW = ["model.hidden_sizes=[1024,1024]", "dataset.train_size=8000", "train.epochs=4"]
+NETWORK = ["model.hidden_sizes=[1024,1024]", "dataset.train_size=8000"]  # ~1.4 s an epoch on 1 CPU
+# A job signalled once its first epoch is in the store: 3 epochs from its end, many times the ~0.1 s
+# from that look to the signal, so it cannot finish first however fast the machine
+SLOW = [*NETWORK, "train.epochs=4"]
+# A job that is stopped and never resumed: as long as we like, at no cost
+ENDLESS = [*NETWORK, "train.epochs=1000"]
+
+
+STARTED: list[subprocess.Popen] = []
 
 
 def start(tmp_path, *args):
     cmd = [sys.executable, "run.py", *shrunk(tmp_path, args)]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    STARTED.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return STARTED[-1]
+
+
+@pytest.fixture(autouse=True)
+def _end_what_was_started():
+    """A job a test left running (it failed before its signal) is killed at the test's end."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def epochs_logged(db, count: str = "*") -> int:
@@ -165,12 +184,10 @@ def epochs_logged(db, count: str = "*") -> int:
 
 
 def wait_for_epoch(tmp_path, process, timeout=120):
-    deadline = time.monotonic() + patience(timeout)
-    while time.monotonic() < deadline and process.poll() is None:
-        if epochs_logged(tmp_path / "mlruns" / "mlflow.db"):
-            return [r for r in all_runs(tmp_path) if steps(tmp_path, r)][0]
-        time.sleep(0.05)
-    raise AssertionError(f"no epoch finished: {process.communicate()}")
+    """The first run with an epoch in the store, once one has logged it."""
+    db = tmp_path / "mlruns" / "mlflow.db"
+    wait_for(lambda: epochs_logged(db), "an epoch in the store", timeout, process)
+    return [r for r in all_runs(tmp_path) if steps(tmp_path, r)][0]
 
 
 @pytest.mark.slow
@@ -197,7 +214,7 @@ def test_sigterm_marks_killed_and_resume_finishes_it_exactly(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_during_a_sweep_closes_parent_and_job(tmp_path):
-    process = start(tmp_path, "-m", *SLOW, "activation=relu,tanh")
+    process = start(tmp_path, "-m", *ENDLESS, "activation=relu,tanh")
     wait_for_epoch(tmp_path, process)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=patience(60))

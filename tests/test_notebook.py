@@ -6,15 +6,15 @@ import os
 import re
 import signal
 import subprocess
-import time
+import threading
 import urllib.error
 import urllib.request
 
 import psutil
 import pytest
 
-from conftest import ROOT, all_runs, environment, free_port, patience, small
-from test_lifecycle import SLOW, epochs_logged
+from conftest import ROOT, all_runs, environment, free_port, patience, small, wait_for
+from test_lifecycle import ENDLESS, epochs_logged
 
 pytestmark = pytest.mark.slow
 
@@ -76,13 +76,15 @@ def test_interrupting_the_kernel_during_a_sweep_leaves_its_runs_killed(tmp_path)
     env = environment({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns/mlflow.db"})
     manager, kernel = start_new_kernel(kernel_name="archbench", cwd=str(ROOT / "notebooks"), env=env)
     try:
-        overrides = [*SLOW, "train.epochs=50", *small(tmp_path)]
+        overrides = [*small(tmp_path), *ENDLESS]  # ENDLESS last: its epochs, not small's 1 (the last wins)
         code = f"import archbench\narchbench.sweep('activation=relu,tanh', *{overrides!r})"
         msg_id = kernel.execute(code)
-        deadline = time.monotonic() + patience(180)
-        while epochs_logged(tmp_path / "mlruns" / "mlflow.db") < 1:  # a job at work
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+
+        def epoch_logged():
+            assert manager.is_alive(), "the kernel died"
+            return epochs_logged(tmp_path / "mlruns" / "mlflow.db")
+
+        wait_for(epoch_logged, "an epoch in the store", 180)  # a job at work, epochs from its end
         manager.interrupt_kernel()  # what Jupyter's stop button does: SIGINT to the kernel's process group
         reply = kernel.get_shell_msg(timeout=patience(120))
         while reply["parent_header"].get("msg_id") != msg_id:
@@ -107,16 +109,20 @@ def test_interrupting_the_kernel_during_a_sweep_leaves_its_runs_killed(tmp_path)
     assert jobs and {r.info.status for r in jobs} == {"KILLED"}
 
 
-def answer(url: str, deadline: float):
+def answer(url: str):
     """The server's JSON at `url`, once it listens: it prints its address a moment before, under load."""
-    while True:
+
+    def listening():
         try:
             with urllib.request.urlopen(url) as response:
-                return json.load(response)
+                return [json.load(response)]
         except urllib.error.URLError as e:
-            if not isinstance(e.reason, ConnectionRefusedError) or time.monotonic() > deadline:
+            if not isinstance(e.reason, ConnectionRefusedError):
                 raise
-            time.sleep(0.2)
+            return None
+
+    (found,) = wait_for(listening, f"an answer from {url}", 120)
+    return found
 
 
 def test_make_notebook_serves_jupyterlab_on_loopback_with_the_venvs_kernel(tmp_path):
@@ -125,22 +131,27 @@ def test_make_notebook_serves_jupyterlab_on_loopback_with_the_venvs_kernel(tmp_p
         ["make", "notebook", f"NB_PORT={port}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True, env=environment({"JUPYTER_RUNTIME_DIR": str(tmp_path)}),
     )  # fmt: skip
+    lines = []  # what it printed, read as it comes (in a thread: a read blocks)
+
+    def read():
+        for line in process.stdout:
+            lines.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    address = rf"http://127\.0\.0\.1:{port}/lab\?token=(\w+)"
     try:
-        deadline, token = time.monotonic() + patience(120), None
-        while token is None:
-            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
-            line = process.stdout.readline()
-            token = next(iter(re.findall(rf"http://127\.0\.0\.1:{port}/lab\?token=(\w+)", line)), None)
-        specs = answer(f"http://127.0.0.1:{port}/api/kernelspecs?token={token}", deadline)
+        found = lambda: next(iter(re.findall(address, "".join(lines))), None)  # noqa: E731
+        said = lambda: "".join(lines)[-3000:]  # noqa: E731
+        token = wait_for(found, "JupyterLab's address in its output", 120, process, details=said)
+        specs = answer(f"http://127.0.0.1:{port}/api/kernelspecs?token={token}")
         listed = {
-            item["name"]
-            for item in answer(f"http://127.0.0.1:{port}/api/contents?token={token}", deadline)["content"]
+            item["name"] for item in answer(f"http://127.0.0.1:{port}/api/contents?token={token}")["content"]
         }
         servers = [p.cmdline() for p in psutil.Process(process.pid).children(recursive=True)]
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        process.wait(timeout=patience(30))
     # the notebook's kernel: the one make install put in the venv, with the venv's python
     assert specs["kernelspecs"]["archbench"]["spec"]["argv"][0] == str(ROOT / ".venv" / "bin" / "python")
     assert [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / ".venv" / "bin" / "jupyter-lab")] in [

@@ -6,12 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import ALL_CORES, ROOT, all_runs, environment, patience, run_py, shrunk, small
-from test_lifecycle import SLOW, epochs_logged
+from conftest import ALL_CORES, ROOT, all_runs, environment, patience, run_py, shrunk, small, wait_for
+from test_lifecycle import ENDLESS, epochs_logged
 
 pytestmark = pytest.mark.slow
 
@@ -56,18 +55,16 @@ def test_a_sweep_runs_its_jobs_side_by_side_by_default_one_thread_each(tmp_path)
 def test_a_parallel_sweep_stopped_ends_every_job_killed(tmp_path, how):
     if usable_cores() < 2:
         pytest.skip("one core: the jobs run one at a time")
-    cmd = [sys.executable, "run.py", *shrunk(tmp_path, ["-m", *SLOW, "activation=relu,tanh"])]
+    # ENDLESS: the job that starts first must still run when the other logs its first epoch
+    cmd = [sys.executable, "run.py", *shrunk(tmp_path, ["-m", *ENDLESS, "activation=relu,tanh"])]
     process = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=environment(ALL_CORES), start_new_session=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + patience(180)
-        while (
-            epochs_logged(tmp_path / "mlruns" / "mlflow.db", "DISTINCT run_uuid") < 2
-        ):  # both jobs at work: both must end KILLED
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-            time.sleep(0.1)
+        runs = lambda: epochs_logged(tmp_path / "mlruns" / "mlflow.db", "DISTINCT run_uuid")  # noqa: E731
+        # both jobs at work: both must end KILLED
+        wait_for(lambda: runs() >= 2, "both jobs' first epochs in the store", 180, process)
         if how.startswith("SIGTERM"):
             process.send_signal(signal.SIGTERM)
         else:

@@ -6,7 +6,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from omegaconf import OmegaConf
 
 from archbench.compare import race
 from archbench.compare.race import Race
-from conftest import ROOT, all_runs, patience, run_py, shrunk, store
+from conftest import ROOT, all_runs, patience, run_py, shrunk, store, wait_for
 
 
 class ScriptedLauncher:
@@ -185,7 +184,7 @@ def test_a_race_as_users_type_it(tmp_path):
     # make compare reads the race back from its parent: the same verdicts
     shown = subprocess.run(
         ["make", "compare", f"ARGS=--out {tmp_path}/cmp", f"TRACKING_URI=sqlite:///{tmp_path}/mlruns/mlflow.db"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=patience(300),
     )  # fmt: skip
     assert shown.returncode == 0, shown.stderr
     table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
@@ -219,10 +218,8 @@ def test_sigterm_leaves_a_parent_that_says_so(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "run.py", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + patience(120)
-    while epochs_logged(tmp_path) < 2:  # the first job's first two epochs: the race is under way
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.2)
+    # the first job's first two epochs: the race is under way, its first round 48 epochs from its end
+    wait_for(lambda: epochs_logged(tmp_path) >= 2, "two epochs in the store", 120, process)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=patience(120))
     assert process.returncode == 143, err[-2000:]

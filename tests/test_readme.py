@@ -18,7 +18,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, all_runs, patience, small, store
+from conftest import ROOT, all_runs, patience, small, store, wait_for
 from imagefiles import write_image_folder
 from test_lifecycle import SLOW
 
@@ -359,13 +358,10 @@ def shrunk(words: list[str], tmp: Path, n: int, model: bool = False) -> list[str
 def killed_run(tmp: Path, env: dict) -> str:
     """A run stopped by SIGTERM after its first epoch, with a checkpoint: what `resume=` is for."""
     before = {r.info.run_id for r in all_runs(tmp)} if (tmp / "mlruns").exists() else set()
-    cmd = ["python", "run.py", *SLOW, *small(tmp)]
+    cmd = ["python", "run.py", *small(tmp), *SLOW]  # SLOW last: its epochs, not small's 1 (the last wins)
     process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + patience(120)
-    while not (run_id := _first_epoch_done(tmp, before)):
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
+    run_id = wait_for(lambda: _first_epoch_done(tmp, before), "the first epoch in the store", 120, process)
+    process.send_signal(signal.SIGTERM)  # epochs from its end: it cannot have finished
     assert process.wait(timeout=patience(60)) == 143
     return run_id
 
@@ -532,7 +528,7 @@ def run_section(section: str, tmp_path: Path, cluster: dict | None, passed: list
         before = {r.info.run_id for r in all_runs(tmp_path)} if (tmp_path / "mlruns").exists() else set()
         done = subprocess.run(
             shrunk(words, tmp_path, n, model), cwd=ROOT, env={**env, **exported}, capture_output=True,
-            text=True, timeout=600,
+            text=True, timeout=patience(600),
         )  # fmt: skip
         assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
         for text in promise.output:
@@ -615,7 +611,7 @@ def run_python(code: str, tmp_path: Path, env: dict) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=patience(300),
     )
     assert done.returncode == 0, f"{code}\n{done.stderr[-3000:]}"
     accuracy = float(done.stdout.split()[-1])

@@ -5,13 +5,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 
 import pytest
 
 from archbench import identity
-from conftest import ROOT, all_runs, compose_job, environment, patience, run_py, shrunk, store
+from conftest import ROOT, all_runs, compose_job, environment, patience, run_py, shrunk, store, wait_for
 
 START = "reusing {} finished runs, resuming {}, training {} (sweep.reuse=false trains all)"
 
@@ -120,7 +119,7 @@ def finished_runs(tmp_path) -> int:
     db = tmp_path / "mlruns" / "mlflow.db"
     if not db.is_file():
         return 0
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=patience(30)) as conn:
         return conn.execute(
             "select count(*) from runs r where status = 'FINISHED' and not exists (select 1 from tags t"
             " where t.run_uuid = r.run_uuid and t.key = 'archbench.sweep')"
@@ -140,13 +139,6 @@ def start(tmp_path, args, env=None):
     )  # fmt: skip
 
 
-def wait_for(process, condition, what: str):
-    deadline = time.monotonic() + patience(180)
-    while not condition():
-        assert process.poll() is None and time.monotonic() < deadline, (what, process.communicate())
-        time.sleep(0.1)
-
-
 @pytest.mark.slow
 def test_a_race_killed_after_its_first_round_continues_and_ends_as_if_never_stopped(tmp_path):
     # two configurations that differ by less than their noise, on a hard synthetic task: the race
@@ -155,7 +147,7 @@ def test_a_race_killed_after_its_first_round_continues_and_ends_as_if_never_stop
             "dataset.train_size=6000", "dataset.test_size=5000", "dataset.noise=20"]  # fmt: skip
     killed = tmp_path / "killed"
     process = start(killed, args)
-    wait_for(process, lambda: finished_runs(killed) >= 6, "the first round")
+    wait_for(lambda: finished_runs(killed) >= 6, "the first round's 6 runs FINISHED", 180, process)
     process.send_signal(signal.SIGTERM)  # as the second round starts
     _, err = process.communicate(timeout=patience(120))
     assert process.returncode == 143, err[-3000:]
@@ -188,7 +180,7 @@ def test_a_job_killed_mid_epoch_resumes_from_its_checkpoint(tmp_path):
     # SIGKILL: nothing runs to mark the run KILLED, so it is left RUNNING by a process that is gone
     args = ["-m", "activation=relu", "seed=0", "train.epochs=4", "dataset.train_size=20000"]
     process = start(tmp_path, args)
-    wait_for(process, lambda: epochs(tmp_path) >= 2, "two epochs")
+    wait_for(lambda: epochs(tmp_path) >= 2, "two epochs in the store", 180, process)
     process.kill()
     process.wait()
     (run,) = jobs(tmp_path)

@@ -6,20 +6,22 @@ import re
 import sqlite3
 import subprocess
 import sys
-import time
 from subprocess import PIPE, STDOUT
 
 import pytest
 from hydra import compose, initialize
 
 from archbench.slurm import SlurmCheck
-from conftest import ROOT, all_runs, patience, run_py, shrunk, store
+from conftest import ROOT, all_runs, patience, run_py, shrunk, store, wait_for
 from test_lifecycle import final_metrics, steps
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 SLURM = ["-m", "hydra/launcher=slurm"]
 SLOW = ["model.hidden_sizes=[1024,1024]", "dataset.train_size=8000"]  # ~1.4 s an epoch on 1 CPU here
+# The requeue test stops its job twice, each time an epoch after the store shows one: the job's second
+# stop comes two or three epochs in, and the epochs left after it outlast the stop (~0.1 s) many times
+REQUEUE_EPOCHS = 10
 
 
 @pytest.fixture
@@ -48,15 +50,14 @@ def query(tmp_path, sql: str) -> list:
         return []
 
 
-def wait(condition, process: subprocess.Popen, what: str, cluster, timeout: float = 180) -> None:
-    timeout = patience(timeout)  # a ceiling for the event, scaled to this machine: no speed is asserted
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process.poll() is not None or time.monotonic() > deadline:
-            said = process.communicate()[0][-4000:] if process.poll() is not None else "(still running)"
-            jobs = cluster.jobs()
-            raise AssertionError(f"no {what} in {timeout:.0f} s; Slurm's jobs: {jobs}; output: {said}")
-        time.sleep(0.1)
+def wait(condition, process: subprocess.Popen, what: str, cluster, timeout: float = 180):
+    """wait_for `condition`, failing with Slurm's jobs and the sweep's output."""
+
+    def details() -> str:
+        said = process.communicate()[0][-4000:] if process.poll() is not None else "(still running)"
+        return f"Slurm's jobs: {cluster.jobs()}; output: {said}"
+
+    return wait_for(condition, what, timeout, process, details)
 
 
 def job_runs(tmp_path) -> list:
@@ -108,7 +109,7 @@ def test_two_configurations_by_two_seeds_are_four_slurm_jobs_and_a_scancel_kills
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=patience(300),
     )
     assert shown.returncode == 0, shown.stderr
     assert parent.info.run_name in shown.stdout and "1-2 seeds per configuration" in shown.stdout
@@ -122,34 +123,39 @@ def test_two_configurations_by_two_seeds_are_four_slurm_jobs_and_a_scancel_kills
 def test_requeue_and_the_time_limit_signal_resume_the_same_run(slurm_cluster, start, tmp_path):
     """`scontrol requeue` (as pre-emption does), then USR2 (what Slurm sends signal_delay_s before the
     time limit; submitit checkpoints and requeues): one run, each epoch logged once, and the figures of
-    an uninterrupted run with the same seed and thread count (the jobs' 1 CPU)."""
-    reference = start(tmp_path / "reference", slurm_cluster.env, *SLOW, "train.epochs=6", "train.threads=1")
+    an uninterrupted run with the same seed and thread count (the jobs' 1 CPU).
+
+    Each stop follows an epoch seen in the store, with most of the job's epochs still to do
+    (REQUEUE_EPOCHS): it cannot finish before a stop, however fast the machine."""
+    epochs = [*SLOW, f"train.epochs={REQUEUE_EPOCHS}"]
+    reference = start(tmp_path / "reference", slurm_cluster.env, *epochs, "train.threads=1")
     # timeout_min=10: submitit counts a USR2 as its time limit (after 80% of it, or 10 minutes before)
-    sweep = start(
-        tmp_path, slurm_cluster.env, *SLURM, *SLOW, "train.epochs=6", "hydra.launcher.timeout_min=10"
-    )
-    epochs = lambda: [s for (s,) in query(tmp_path, "SELECT step FROM metrics WHERE key = 'train_loss'")]  # noqa: E731
+    sweep = start(tmp_path, slurm_cluster.env, *SLURM, *epochs, "hydra.launcher.timeout_min=10")
+    logged = lambda: len(query(tmp_path, "SELECT step FROM metrics WHERE key = 'train_loss'"))  # noqa: E731
     status = lambda: query(tmp_path, "SELECT status FROM runs WHERE name NOT LIKE 'sweep-%'")  # noqa: E731
-    wait(lambda: epochs(), sweep, "first epoch", slurm_cluster)
+    pending = lambda: slurm_cluster.jobs().get(job) == "PENDING"  # noqa: E731
+    first = "SELECT 1 FROM metrics WHERE key = 'train_loss' AND step = 1"
+    wait(lambda: query(tmp_path, first), sweep, "the first epoch's train_loss in the store", slurm_cluster)
     (job,) = query(tmp_path, "SELECT value FROM tags WHERE key = 'slurm_job_id'")[0]
 
     for stop in (["scontrol", "requeue", job], ["scancel", "--signal=USR2", job]):
-        done = len(epochs())
         slurm_cluster.run(*stop)
-        wait(lambda: status() == [("KILLED",)], sweep, f"KILLED run after {stop}", slurm_cluster)
+        wait(lambda: status() == [("KILLED",)], sweep, f"a KILLED run after {stop}", slurm_cluster)
+        done = logged()  # the stopped job's epochs: it logs none once its run is KILLED
         # Slurm holds a requeued job for 2 minutes (BeginTime); it may start at once here
-        wait(lambda: slurm_cluster.jobs().get(job) == "PENDING", sweep, "pending job", slurm_cluster)
-        slurm_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
-        wait(lambda done=done: len(epochs()) > done, sweep, "an epoch after the restart", slurm_cluster)
+        wait(lambda done=done: logged() > done or pending(), sweep, "the requeued job pending", slurm_cluster)
+        if logged() == done:  # check=False: it may start between the two looks
+            slurm_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
+        wait(lambda done=done: logged() > done, sweep, f"an epoch after {stop[0]}'s restart", slurm_cluster)
 
     out, _ = sweep.communicate(timeout=patience(300))
     assert sweep.returncode == 0, out[-4000:]
     assert reference.wait(timeout=patience(300)) == 0, reference.communicate()[0][-4000:]
     (run,) = job_runs(tmp_path)
     assert run.info.status == "FINISHED" and run.data.tags["archbench.resumed"] == "2"
-    assert steps(tmp_path, run) == [1, 2, 3, 4, 5, 6]  # every epoch once: none missing, none twice
-    assert [m.step for m in store(tmp_path).get_metric_history(run.info.run_id, "test_accuracy")] == [
-        1, 2, 3, 4, 5, 6]  # fmt: skip
+    every = list(range(1, REQUEUE_EPOCHS + 1))
+    assert steps(tmp_path, run) == every  # every epoch once: none missing, none twice
+    assert [m.step for m in store(tmp_path).get_metric_history(run.info.run_id, "test_accuracy")] == every
     (ref,) = all_runs(tmp_path / "reference")
     assert final_metrics(tmp_path, run.info.run_id) == final_metrics(tmp_path / "reference", ref.info.run_id)
     # the second stop went through submitit's protocol: the launcher's checkpoint(), then its requeue,

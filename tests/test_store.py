@@ -10,23 +10,38 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from subprocess import PIPE
 
 import pytest
 
 from archbench import app
 from archbench.tracking import records
 from archbench.tracking import store as store_module
-from conftest import ROOT, all_runs, compose_job, free_port, patience, shrunk, stop_group, wait_for_health
+from conftest import (
+    ROOT,
+    all_runs,
+    compose_job,
+    free_port,
+    patience,
+    shrunk,
+    stop_group,
+    wait_for,
+    wait_for_health,
+)
 from test_lifecycle import SLOW, epochs_logged
 from test_server import missing
 
+# what a job prints (urllib3's warning, through MLflow's HTTP retries) when a call finds the server gone
+REFUSED = "Retrying ("
 OLD_REVISION = "0584bdc529eb"  # MLflow 2.x's schema: before 3.0's logged-model tables
 
 
-def start(tmp_path, *args, program=("run.py",)):
-    """`python run.py ARGS` (shrunk as conftest.run_py does) or another program, not waited for."""
+def start(tmp_path, *args, program=("run.py",), out=None):
+    """`python run.py ARGS` (shrunk as conftest.run_py does) or another program, not waited for; its
+    output in pipes, or all of it in the file `out`."""
     cmd = [sys.executable, *program, *(shrunk(tmp_path, args) if program == ("run.py",) else args)]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    streams = {"stdout": out, "stderr": subprocess.STDOUT} if out else {"stdout": PIPE, "stderr": PIPE}
+    return subprocess.Popen(cmd, cwd=ROOT, text=True, **streams)
 
 
 def one_line_error(process: subprocess.Popen, timeout=120) -> str:
@@ -81,9 +96,9 @@ def test_everything_started_at_once_succeeds_and_the_store_stays_readable(tmp_pa
     report = ("--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path / "cmp"))
     processes.append(start(tmp_path, *report, program=("-m", "archbench.compare.report")))
     for process in processes[:-1]:
-        out, err = process.communicate(timeout=300)
+        out, err = process.communicate(timeout=patience(300))
         assert process.returncode == 0, err[-3000:]
-    out, err = processes[-1].communicate(timeout=120)
+    out, err = processes[-1].communicate(timeout=patience(120))
     # the report may start before any sweep exists: then it says so
     assert processes[-1].returncode == 0 or err.splitlines()[-1].startswith("nothing to compare"), err
     assert "Traceback" not in err
@@ -149,20 +164,21 @@ def test_a_server_restarted_during_a_run_loses_nothing(tmp_path, monkeypatch):
         return server
 
     server = serve()
-    job = start(tmp_path, *SLOW, "train.epochs=3", "tracking.log_model=true", f"tracking.uri={url}")
+    said = tmp_path / "job.log"  # the job's output, read while it runs
+    args = [*SLOW, "train.epochs=3", "tracking.log_model=true", f"tracking.uri={url}"]
+    with open(said, "w") as log:
+        job = start(tmp_path, *args, out=log)
     try:
-        deadline = time.monotonic() + patience(120)
-        while not epochs_logged(folder / "mlflow.db"):
-            assert job.poll() is None and time.monotonic() < deadline, job.communicate()
-            time.sleep(0.1)
+        wait_for(lambda: epochs_logged(folder / "mlflow.db"), "the first epoch on the server", 120, job)
         stop_group(server)  # after the first epoch: the next ones are logged into the outage
         down = time.monotonic()
-        time.sleep(5)
+        shown = lambda: said.read_text()[-3000:]  # noqa: E731
+        wait_for(lambda: REFUSED in said.read_text(), "the job's first call into the outage", 120, job, shown)
         server = serve()
         outage = time.monotonic() - down
-        out, err = job.communicate(timeout=patience(300))
+        job.wait(timeout=patience(300))
         finished = time.monotonic() - down
-        assert job.returncode == 0, err[-3000:]
+        assert job.returncode == 0, said.read_text()[-3000:]
         import mlflow
 
         mlflow_client = mlflow.MlflowClient(url)
@@ -221,7 +237,7 @@ def test_a_read_only_store_is_one_line(tmp_path, small_disk):
     assert "attempt to write a readonly database" in line and "make it writable" in line
     # reading needs no lock file (none can be made there): the report reads it
     report = start(tmp_path, "--tracking-uri", f"sqlite:///{db}", program=("-m", "archbench.compare.report"))
-    _, err = report.communicate(timeout=120)
+    _, err = report.communicate(timeout=patience(120))
     assert err.strip().endswith("no sweep recorded yet") and "Traceback" not in err, err
 
 
