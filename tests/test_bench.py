@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, patience
 
 pytestmark = pytest.mark.slow
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def bench(script, tmp_path, *args):
     out = tmp_path / "table.md"
     cmd = [sys.executable, f"benchmarks/{script}", "--data", "synthetic", "--out", str(out), *args]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=patience(300))
     assert result.returncode == 0, result.stderr
     assert out.read_text() in result.stdout
     return out.read_text()

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from archbench.cli import hydra_argv
-from conftest import ROOT
+from conftest import ROOT, patience
 
 
 @pytest.mark.parametrize(
@@ -42,7 +42,7 @@ def test_a_bad_flag_is_hydras_usage_error(capsys):
 
 def python(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "run.py", *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=patience(120), env=env)
 
 
 @pytest.mark.parametrize("args", [["--cfg", "job", "model=cnn3"], ["model=cnn3", "--cfg", "job"]])

@@ -24,7 +24,7 @@ from archbench.models import MLP
 from archbench.summary import model_summary, mult_adds
 from archbench.tracking.logged_model import _tracking_uri
 from archbench.tracking.records import class_metric
-from conftest import all_runs, compose_job, store
+from conftest import all_runs, compose_job, patience, store
 from datafiles import write_idx_set
 
 # A fresh interpreter that cannot import archbench: what someone with only the run id has.
@@ -75,7 +75,8 @@ def test_the_logged_model_reproduces_the_runs_test_accuracy_from_raw_pixels(runs
     run, tmp = runs.asked.run, runs.tmp
     torch.save(raw_test_set(runs.asked, tmp), tmp / "test.pt")
     args = [runs.asked.cfg.tracking.uri, run.info.run_id, str(tmp / "test.pt")]
-    done = subprocess.run([sys.executable, "-c", LOAD, *args], capture_output=True, text=True, timeout=120)
+    command = [sys.executable, "-c", LOAD, *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=patience(120))
     assert done.returncode == 0, done.stderr[-3000:]
     correct = int(done.stdout.split()[-1])
     assert correct / 500 == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-9)

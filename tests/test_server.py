@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import ROOT, free_port, missing, run_py, small, stop_group, wait_for_health
+from conftest import ROOT, free_port, missing, patience, run_py, small, stop_group, wait_for_health
 
 pytestmark = pytest.mark.postgres
 
@@ -76,9 +76,8 @@ def postgres():
     data, port = base / "data", free_port()
 
     def pg(tool: str, *args: str) -> None:
-        done = subprocess.run(
-            [*run_as, str(bin_dir / tool), *args], cwd=base, capture_output=True, text=True, timeout=90
-        )
+        command = [*run_as, str(bin_dir / tool), *args]
+        done = subprocess.run(command, cwd=base, capture_output=True, text=True, timeout=patience(90))
         assert done.returncode == 0, f"{tool} failed:\n{done.stdout}{done.stderr}"
 
     try:
@@ -99,7 +98,7 @@ def postgres():
     finally:
         if (data / "postmaster.pid").exists():
             stop = [*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]
-            subprocess.run(stop, cwd=base, capture_output=True, timeout=60)
+            subprocess.run(stop, cwd=base, capture_output=True, timeout=patience(60))
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -158,7 +157,7 @@ def request(url: str, path: str, user: str | None = None) -> int:
         token = f"{creds['MLFLOW_TRACKING_USERNAME']}:{creds['MLFLOW_TRACKING_PASSWORD']}"
         call.add_header("Authorization", "Basic " + __import__("base64").b64encode(token.encode()).decode())
     try:
-        with urllib.request.urlopen(call, timeout=30) as response:
+        with urllib.request.urlopen(call, timeout=patience(30)) as response:
             return response.status
     except urllib.error.HTTPError as e:
         return e.code
@@ -168,7 +167,8 @@ def test_anonymous_requests_get_401(server):
     assert request(server.url, "/api/2.0/mlflow/experiments/search") == 401
     assert request(server.url, "/api/2.0/mlflow/runs/search") == 401
     assert request(server.url, "/api/2.0/mlflow/experiments/search", "alice") == 200
-    assert urllib.request.urlopen(f"{server.url}/health", timeout=30).status == 200  # open: probes, balancers
+    health = urllib.request.urlopen(f"{server.url}/health", timeout=patience(30))
+    assert health.status == 200  # open: probes, balancers
 
 
 def test_sweep_runs_land_in_postgres(postgres, server, sweep, tmp_path, monkeypatch):
@@ -213,7 +213,8 @@ def test_report_reads_the_sweep_back(server, sweep, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "archbench.compare.report", "--tracking-uri", server.url,
          "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, **signed_in("alice")},
+        cwd=ROOT, capture_output=True, text=True, timeout=patience(120),
+        env={**os.environ, **signed_in("alice")},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     # rows: | rank | configuration | n | mean | ...; each configuration with its one finished seed
@@ -237,9 +238,8 @@ def test_mlflow_tracking_uri_alone_is_honoured(server, tmp_path, monkeypatch):
 
 def test_server_without_a_backend_store_says_how_to_give_one():
     env = {k: v for k, v in os.environ.items() if k != "ARCHBENCH_BACKEND_STORE_URI"}
-    result = subprocess.run(
-        [sys.executable, "-m", "archbench.server"], env=env, capture_output=True, text=True, timeout=60
-    )
+    command = [sys.executable, "-m", "archbench.server"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=patience(60))
     assert result.returncode == 2
     assert len(result.stderr.splitlines()) == 1 and "ARCHBENCH_BACKEND_STORE_URI" in result.stderr
     assert "--backend-store-uri" in result.stderr
@@ -258,7 +258,7 @@ def test_server_without_a_good_admin_password_refuses_in_one_line(admin_password
     env |= {"ARCHBENCH_ADMIN_PASSWORD": admin_password} if admin_password else {}
     result = subprocess.run(
         [sys.executable, "-m", "archbench.server", "--backend-store-uri", f"sqlite:///{tmp_path}/m.db"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env, capture_output=True, text=True, timeout=patience(60),
     )  # fmt: skip
     lines = result.stderr.splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(said), result.stderr
@@ -284,7 +284,7 @@ def test_a_client_without_credentials_is_told_in_one_line(server, sweep, tmp_pat
         cmd = ["make", "compare", f"ARGS=--out {tmp_path}/comparison"]
     else:
         cmd = [sys.executable, "run.py", *(["-m"] if command == "sweep" else []), *tiny(tmp_path)]
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=patience(300))
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if not line.startswith("make")]  # make's own
     assert len(lines) == 1 and lines[0].startswith(f"error: tracking.uri={server.url} {said}"), result.stderr

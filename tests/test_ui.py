@@ -16,7 +16,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from archbench.compare import report
 from archbench.tracking import views
-from conftest import all_runs, free_port, run_py, stop_group, wait_for_health
+from conftest import all_runs, free_port, patience, run_py, stop_group, wait_for_health
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's packages: nothing is ever downloaded
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -110,7 +110,7 @@ def body(browser) -> str:
 
 
 def body_shows(browser, texts, timeout=30):
-    WebDriverWait(browser, timeout).until(lambda _: all(t in body(browser) for t in texts))
+    WebDriverWait(browser, patience(timeout)).until(lambda _: all(t in body(browser) for t in texts))
 
 
 def model_training_view(browser) -> None:
