@@ -11,7 +11,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from archbench import cpus, fits, identity, images, slurm, splits
+from archbench import cpus, fits, identity, images, slurm, splits, tuning
 from archbench.augment import augmentation
 from archbench.config import GROUPS, ConfigError, configuration, validate
 from archbench.debug import CannotOverfit, debug_tag, epoch_batches
@@ -29,6 +29,7 @@ ADDED_KEYS = {
     "train.limit_batches": None,
     "train.overfit_batches": None,
     "seeds": 1,
+    "tune": {"params": None, "role": None},
 }
 
 
@@ -159,13 +160,15 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
     counts = parameter_counts(trainer.module)
     unused = fits.unused_groups(cfg.model)  # a network that takes no activation is not named by one
     picked = {group: choice for group, choice in choices().items() if group not in unused}
+    tuned = tuning.keys(cfg)  # tune=lr: the key chosen per configuration is not what sets it apart
     tags = {
         **picked,
         "device": str(device),
         "torch_version": torch.__version__,
         "cuda_version": str(torch.version.cuda),
         "archbench.overrides": " ".join(job_overrides()),
-        "configuration": configuration(job_overrides()),  # MLflow's "Group by" gives one group each
+        "configuration": configuration(job_overrides(), tuned if cfg.tune.role == "evaluation" else ()),
+        **roles(cfg, tuned),
         **debug_tag(cfg),
         **({runs.SLURM_TAG: slurm.job_id()} if slurm.job_id() else {}),
         **(
@@ -232,6 +235,17 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
     final.update(totals)
     log.info("%s: %s", run.name, ", ".join(f"{k}={v:.4g}" for k, v in final.items()))
     return final.get("val_accuracy", final["test_accuracy"])
+
+
+def roles(cfg: DictConfig, tuned: list[str]) -> dict[str, str]:
+    """A tuned sweep's job: its stage, the scientific configuration it serves, and what was tuned."""
+    role = cfg.tune.get("role")
+    if not role:
+        return {}
+    # the study is named as the configuration it tunes: without the split the tuning held out
+    study = configuration(job_overrides(), [*tuned, *(("train.val_fraction",) if role == "tuning" else ())])
+    found = {tuning.ROLE_TAG: role, tuning.STUDY_TAG: study}
+    return found | ({tuning.TUNED_TAG: " ".join(tuned)} if role == "evaluation" else {})
 
 
 def choices() -> dict[str, str]:

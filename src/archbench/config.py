@@ -17,7 +17,7 @@ GROUPS = ("model", "activation", "optimizer", "dataset", "loss", "scheduler")  #
 # Overrides that say how or where a job ran, not what was trained: left out of its configuration.
 # (train.threads changes the last bits, not what a comparison is about.)
 NOT_CONFIGURATION = ("seed", "seeds", "tracking", "data_dir", "train.progress", "train.checkpoint",
-                     "train.threads", "resume", "race", "compare", "sweep")  # fmt: skip
+                     "train.threads", "resume", "race", "compare", "sweep", "tune")  # fmt: skip
 MODES = ("train", "inspect")
 HEADS = (None, "softmax", "log_softmax")
 INTERVALS = ("epoch", "batch")
@@ -28,13 +28,14 @@ class ConfigError(CompactHydraException):
     """A config value that archbench cannot run with; Hydra prints it as one line."""
 
 
-def configuration(overrides: list[str]) -> str:
+def configuration(overrides: list[str], tuned: tuple[str, ...] | list[str] = ()) -> str:
     """What a run compared: its overrides minus seed and bookkeeping, sorted; runs that differ only
-    by seed share it, so a comparison groups them (and MLflow's runs table can, by this tag)."""
+    by seed share it, so a comparison groups them (and MLflow's runs table can, by this tag).
+    `tuned`: keys a tuned sweep chose per configuration (tune=lr), not what sets configurations apart."""
 
     def bookkeeping(override: str) -> bool:
         key = override.split("=", 1)[0].lstrip("+~")
-        return any(key == k or key.startswith(f"{k}.") for k in NOT_CONFIGURATION)
+        return any(key == k or key.startswith(f"{k}.") for k in (*NOT_CONFIGURATION, *tuned))
 
     keep = [o for o in overrides if not bookkeeping(o)]
     return " ".join(sorted(keep)) or "(defaults)"
@@ -274,6 +275,7 @@ def validate_sweep(config: DictConfig, seed_swept: bool) -> None:
     reuse = OmegaConf.select(config, "sweep.reuse", default=True)
     if not isinstance(reuse, bool):
         raise ConfigError(f"sweep.reuse must be true or false, got {reuse!r}")
+    _tune(config)
     beat = _number(config, "tracking.heartbeat_s", low=0, low_open=True)
     if _number(config, "sweep.stale_after", low=0, low_open=True) < 2 * beat:
         # one late beat (a store busy for a moment) must not make a live run look dead
@@ -297,3 +299,59 @@ def validate_sweep(config: DictConfig, seed_swept: bool) -> None:
     spending = config.race.get("spending", SPENDING[0])
     if spending not in SPENDING:
         raise ConfigError(f"race.spending must be one of {', '.join(SPENDING)}, got {spending!r}")
+
+
+def _tune(config: DictConfig) -> None:
+    """A tuned sweep's space and budget (conf/tune/), and what it may not sweep; a hint without it."""
+    task = OmegaConf.to_container(config.hydra.overrides.task)
+    given = {o.split("=", 1)[0].lstrip("+~"): o for o in task}
+    from archbench.tuning import specs
+
+    params = specs(config)
+    if not params:
+        swept = [
+            k
+            for k in ("optimizer.lr", "train.batch_size")
+            if "," in given.get(k, "") or "(" in given.get(k, "")
+        ]
+        if swept:
+            print(f"hint: {swept[0]} is swept as a configuration of its own; tune=lr compares the other axis "
+                  "fairly, each of its values at its own tuned learning rate", flush=True)  # fmt: skip
+        return
+    for key, spec in params.items():
+        if key in given:
+            raise ConfigError(
+                f"{key} is tuned by tune={config.hydra.runtime.choices.get('tune')} for each configuration; "
+                f"leave out {given[key]!r}, or tune=none to set it by hand"
+            )
+        if not isinstance(spec.get("from"), int | float | DictConfig) or isinstance(spec.get("from"), bool):
+            raise ConfigError(
+                f"tune.params.{key}.from must be a number > 0, or one per choice of its `by` group"
+            )
+        starts = spec["from"].values() if isinstance(spec["from"], DictConfig) else [spec["from"]]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in starts):
+            raise ConfigError(
+                f"tune.params.{key}.from must be numbers > 0, got {OmegaConf.to_container(spec)['from']!r}"
+            )
+        if isinstance(spec["from"], DictConfig):
+            by = spec.get("by")
+            picked = config.hydra.runtime.choices.get(by) if by else None
+            if picked is None:
+                raise ConfigError(f"tune.params.{key}.by must name a config group, got {by!r}")
+        step = spec.get("step")  # (a dotted key inside params: OmegaConf.select would read it as a path)
+        number = isinstance(step, int | float) and not isinstance(step, bool)
+        if not (number and math.isfinite(step) and step > 1):
+            raise ConfigError(f"tune.params.{key}.step must be a number > 1, got {step!r}")
+    _number(config, "tune.settings", low=2, integer=True)
+    _number(config, "tune.extend", low=0, integer=True)
+    _number(config, "tune.val_fraction", low=0, low_open=True, high=1)
+    seeds = config.tune.seeds
+    ok = isinstance(seeds, ListConfig) and len(seeds) >= 1 and len(set(seeds)) == len(seeds)
+    if not ok or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ConfigError(f"tune.seeds must be a list of distinct integers >= 0, got {seeds!r}")
+    evaluated = config.race.max_seeds if config.seeds == "auto" else config.seeds
+    if min(seeds) < evaluated:
+        raise ConfigError(
+            f"tune.seeds must be apart from the evaluation seeds 0..{evaluated - 1} (reused, they carry the "
+            f"tuning's luck into the verdicts): take seeds >= {evaluated}, got {list(seeds)}"
+        )

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from archbench.compare import charts, stats, table
+from archbench.compare import charts, stats, table, tuned
 from archbench.compare.verdicts import MARGIN, Plan
 from archbench.config import configuration
 from archbench.tracking import store, views
+from archbench.tuning import ROLE_TAG
 
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"  # as conf/config.yaml's tracking.uri
 METRICS = ("test_accuracy", "val_accuracy", "train_time_s", "params_total")
@@ -36,6 +37,8 @@ COLUMNS = [
     "error",
     "start_time",
     "resampled",
+    "role",  # a tuned sweep's (tune=lr): tuning or evaluation; "" otherwise
+    "lr",  # optimizer.lr as the run trained with it
 ]
 
 
@@ -55,6 +58,8 @@ def _row(run) -> dict:
         "error": tags.get("archbench.error", ""),
         "start_time": run.info.start_time,
         "resampled": params.get("dataset.resample") == "True",  # its own partition per seed
+        "role": tags.get(ROLE_TAG, ""),
+        "lr": params.get("optimizer.lr", ""),
     }
 
 
@@ -71,7 +76,7 @@ def _failed_row(failure: dict) -> dict:
     picked = failure.get("choices", {})
     row |= {"configuration": configuration(failure["overrides"]), "seed": int(seed), "run_id": ""}
     return row | {"dataset": picked.get("dataset", ""), "epochs": "", "debug": "", "start_time": 0,
-                  "resampled": False}  # fmt: skip
+                  "resampled": False, "role": "", "lr": ""}  # fmt: skip
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
@@ -101,7 +106,8 @@ def experiment_runs(mlflow_client, experiment_id: str) -> pd.DataFrame:
     """Every job run of an experiment; a seed a configuration ran more than once (a sweep run again)
     counts once, as the mean of its finished runs (stats.per_seed)."""
     runs = _search(mlflow_client, [experiment_id], "")
-    return _frame([_row(r) for r in runs if r.data.tags.get("archbench.sweep") != "parent"])
+    jobs = [r for r in runs if r.data.tags.get("archbench.sweep") != "parent"]
+    return _frame([_row(r) for r in jobs if r.data.tags.get(ROLE_TAG) != "tuning"])
 
 
 @dataclass
@@ -114,12 +120,17 @@ class Comparison:
     plan: Plan  # the looks taken at the data and the error budget (one look, unless a race)
     race: dict | None = None  # a race's record (compare.race.RECORD): its looks, rounds, why it stopped
     note: str = ""
+    roles: str = ""  # what was tuned per configuration, or held fixed for all (tuning.roles)
+    chosen: dict[str, str] | None = None  # a tuned sweep's: configuration -> its chosen values
 
     @classmethod
     def of(
-        cls, runs: pd.DataFrame, where: str, note="", margin=MARGIN, race=None, correct=None
+        cls, runs: pd.DataFrame, where: str, note="", margin=MARGIN, race=None, correct=None, tuning=None
     ) -> "Comparison":
-        """`correct`: the runs' per-example test predictions (`predictions`), or None: seeds only."""
+        """`correct`: the runs' per-example test predictions (`predictions`), or None: seeds only.
+        `tuning`: a tuned sweep's record (tuning.RECORD); its tuning runs are not compared."""
+        trials = runs[runs.role == "tuning"]
+        runs = runs[runs.role != "tuning"]
         done = runs[runs.status == "FINISHED"]
         # every finished run held out a validation split (a search): rank by it; a mix: the test set
         metric = "val_accuracy" if len(done) and done.val_accuracy.notna().all() else "test_accuracy"
@@ -141,7 +152,9 @@ class Comparison:
             f"{seeds} seed{'s' if seeds != '1' else ''} per configuration",
         ]
         plan = summary.attrs["plan"]
-        return cls(runs, metric, summary, labels, f"{where}: {', '.join(what)}", plan, race, note)
+        roles, chosen = tuned.roles(done, trials, tuning)
+        title = f"{where}: {', '.join(what)}"
+        return cls(runs, metric, summary, labels, title, plan, race, note, roles, chosen)
 
     @property
     def metric_name(self) -> str:
@@ -154,8 +167,9 @@ def predictions(mlflow_client, runs: pd.DataFrame) -> dict[tuple[str, int], np.n
     from archbench.tracking.records import fetch_predictions
 
     found = {}
+    compared = runs[(runs.status == "FINISHED") & (runs.role != "tuning")]
     with tempfile.TemporaryDirectory() as tmp:
-        for _, run in runs[runs.status == "FINISHED"].sort_values("start_time").iterrows():
+        for _, run in compared.sort_values("start_time").iterrows():
             key = (run.configuration, int(run.seed))
             if key in found:
                 continue
@@ -227,19 +241,18 @@ def find(
     logged = float(run.data.params.get("compare.margin", MARGIN))
     raced = race_record(mlflow_client, parent)
     comp = Comparison.of(
-        runs, info.run_name, margin=margin or logged, race=raced, correct=predictions(mlflow_client, runs)
-    )
+        runs, info.run_name, margin=margin or logged, race=raced, correct=predictions(mlflow_client, runs),
+        tuning=race_record(mlflow_client, parent, "tuning.json"),
+    )  # fmt: skip
     return comp, parent, info.experiment_id
 
 
-def race_record(mlflow_client, parent_id: str) -> dict | None:
-    """The race's record on its parent run (race.json), or None for a sweep that did not race."""
-    from archbench.compare.race import RECORD
-
-    if RECORD not in {a.path for a in mlflow_client.list_artifacts(parent_id)}:
+def race_record(mlflow_client, parent_id: str, name: str = "race.json") -> dict | None:
+    """A record on a sweep's parent run (a race's race.json, a tuned sweep's tuning.json), or None."""
+    if name not in {a.path for a in mlflow_client.list_artifacts(parent_id)}:
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        return json.loads(Path(mlflow_client.download_artifacts(parent_id, RECORD, tmp)).read_text())
+        return json.loads(Path(mlflow_client.download_artifacts(parent_id, name, tmp)).read_text())
 
 
 def main(argv: list[str] | None = None) -> int:

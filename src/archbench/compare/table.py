@@ -31,6 +31,14 @@ COLUMNS = ("#", "configuration", "n", "mean", "sd", "95% CI", "vs best [simultan
 PLAIN = tuple(c for c in COLUMNS if c not in ("95% CI", "params"))  # the description's: narrower
 
 
+def _columns(comp, columns: tuple[str, ...]) -> tuple[str, ...]:
+    """`columns`, with a tuned sweep's chosen values after the configuration."""
+    if not comp.chosen:
+        return columns
+    at = columns.index("configuration") + 1
+    return (*columns[:at], "tuned", *columns[at:])
+
+
 def _cells(comp, rank: int, r, shrunk: set[str]) -> dict[str, str]:
     """One configuration's row, by column."""
     vs = "-"
@@ -49,6 +57,7 @@ def _cells(comp, rank: int, r, shrunk: set[str]) -> dict[str, str]:
         "time (s)": _fmt(r.train_time_s, 2),
         "params": "-" if pd.isna(r.params_total) else f"{int(r.params_total):,}",
         "front": "yes" if r.front else "",
+        "tuned": (comp.chosen or {}).get(r.configuration, "-"),
     }
 
 
@@ -59,8 +68,9 @@ def _rows(comp) -> list[dict[str, str]]:
 
 def markdown(comp) -> str:
     """The table with short verdicts, what they mean under it, then the runs left out of it."""
-    lines = [f"**{comp.title}**", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row[c] for c in COLUMNS) + " |" for row in _rows(comp)]
+    columns = _columns(comp, COLUMNS)
+    lines = [f"**{comp.title}**", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in _rows(comp)]
     return "\n".join([*lines, "", *_legend(comp), *_left_out(comp)]) + "\n"
 
 
@@ -76,8 +86,9 @@ def html(comp) -> str:
         text = re.sub(r"`([^`]+)`", r"<code>\1</code>", escape.escape(text, quote=False))
         return re.sub(r"\*\*([^*]+)\*\*|\*([^*]+)\*", lambda m: f"<em>{m[1] or m[2]}</em>", text)
 
-    head = "".join(f"<th>{escape.escape(c)}</th>" for c in HTML_COLUMNS)
-    cells = ("".join(f"<td>{escape.escape(row[c])}</td>" for c in HTML_COLUMNS) for row in _rows(comp))
+    columns = _columns(comp, HTML_COLUMNS)
+    head = "".join(f"<th>{escape.escape(c)}</th>" for c in columns)
+    cells = ("".join(f"<td>{escape.escape(row[c])}</td>" for c in columns) for row in _rows(comp))
     body = "".join(f"<tr>{row}</tr>" for row in cells)
     notes = [line.removeprefix("- ") for line in [*_legend(comp), *_left_out(comp)] if line.strip()]
     return (
@@ -98,9 +109,10 @@ def description(comp) -> str:
         if verdict == "not resolved" and pd.notna(r.seeds_needed):
             verdict += f" (~{int(r.seeds_needed)} seeds would likely settle it)"
         lines.append(f"- **{comp.labels[r.configuration]}**: {verdict}, {_fmt(r['mean'])}{ci}, n = {r.n}")
-    table = [dict(zip(PLAIN, PLAIN, strict=True)), *_rows(comp)]
-    widths = {c: max(len(row[c]) for row in table) for c in PLAIN}
-    text = ["  ".join(row[c].ljust(widths[c]) for c in PLAIN).rstrip() for row in table]
+    plain = _columns(comp, PLAIN)
+    table = [dict(zip(plain, plain, strict=True)), *_rows(comp)]
+    widths = {c: max(len(row[c]) for row in table) for c in plain}
+    text = ["  ".join(row[c].ljust(widths[c]) for c in plain).rstrip() for row in table]
     lines += ["", "```text", *text, "```", "", *_legend(comp), *_left_out(comp)]
     lines += [
         "",
@@ -146,7 +158,8 @@ def _legend(comp) -> list[str]:
     tests = "paired by seed"
     if not s.test.eq("paired").all():
         tests += " where both ran the same seeds, else Welch's"
-    lines = [
+    lines = [comp.roles] if comp.roles else []  # first: how far the verdicts reach
+    lines += [
         f"{comp.metric_name.capitalize()} per configuration over n distinct seeds: mean, sd, 95% t-interval.",
         f"*vs best*: the configuration's mean minus the best mean among the others (the best's row: its lead "
         f"over the runner-up), with an interval that holds for the whole table at once: t-intervals {tests}, "
@@ -196,6 +209,8 @@ def _sources(comp) -> str:
 
 def csv_text(comp) -> str:
     table = comp.summary.assign(label=comp.summary.configuration.map(comp.labels), metric=comp.metric)
+    if comp.chosen:
+        table = table.assign(tuned=table.configuration.map(comp.chosen))
     table.insert(0, "rank", range(1, len(table) + 1))
     return table.assign(seeds=table.seeds.map(lambda s: " ".join(map(str, s)))).to_csv(index=False)
 

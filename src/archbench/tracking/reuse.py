@@ -30,7 +30,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from archbench import identity
+from archbench import identity, tuning
 from archbench.config import configuration
 from archbench.tracking.runs import HEARTBEAT_TAG, PARENT_FILE, PROCESS_TAG, USED_BY, client, process_tag
 
@@ -150,7 +150,7 @@ class ReusingLauncher:
         for overrides, decision in zip(job_overrides, decisions, strict=True):
             if decision.run is not None:
                 run = decision.run
-                mlflow_client.set_tag(run.info.run_id, USED_BY + parent_id, configuration(overrides))
+                mlflow_client.set_tag(run.info.run_id, USED_BY + parent_id, self._counted_as(overrides))
                 self.earlier.add(run.data.tags.get("mlflow.parentRunId", ""))
                 if decision.action == "reuse":
                     self.reused.add(run.info.run_id)
@@ -200,6 +200,11 @@ class ReusingLauncher:
                 "this sweep trained nothing for it: run the sweep again to resume it"
             )
             return JobReturn(overrides=overrides, status=JobStatus.FAILED, _return_value=error)
+
+    def _counted_as(self, overrides: list[str]) -> str:
+        """The configuration a job counts as: a tuned sweep's evaluation leaves out its chosen values."""
+        evaluation = "++tune.role=evaluation" in overrides
+        return configuration(overrides, tuning.keys(self.config) if evaluation else ())
 
     def _decide(self, mlflow_client, overrides: list[str]) -> Decision:
         cfg = self.config_loader.load_sweep_config(self.config, overrides)

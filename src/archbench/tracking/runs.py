@@ -109,7 +109,7 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
 # Keys that say how or where a job ran, not what it trained: in config.yaml, not in the params, where
 # MLflow's runs table and compare page list them beside the configuration (51 params, with them).
 BOOKKEEPING = ("tracking", "train.progress", "train.checkpoint", "data_dir", "resume", "mode", "seeds",
-               "compare", "race", "sweep",
+               "compare", "race", "sweep", "tune",
                "dataset.system_dir", "dataset.torchvision_class",  # where the data is
                "dataset.classes")  # fmt: skip
 HYDRA_KEYS = ("_target_", "_partial_")  # which class and how it is called: the group's choice says it

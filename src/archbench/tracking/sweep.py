@@ -107,6 +107,8 @@ class MlflowSweep(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
         if job_return.status != JobStatus.FAILED or config.hydra.mode.name != "MULTIRUN":
             return
+        if OmegaConf.select(config, "tune.role") == "tuning":  # a failed trial of its study (tuning.json)
+            return
         error = job_return._return_value  # the exception; the public getter re-raises it
         record = {
             "overrides": redact_overrides(job_return.overrides),
@@ -132,6 +134,7 @@ class MlflowSweep(Callback):
             return
         # imported here, not at the top: every single run instantiates this callback, and the
         # comparison's scipy, statsmodels and pandas cost it 2 s of start-up
+        from archbench import tuning
         from archbench.compare import race, report
 
         parent_id, self.parent_id = self.parent_id, None
@@ -149,6 +152,10 @@ class MlflowSweep(Callback):
         ]
         record = sweep_dir / race.RECORD
         raced = json.loads(record.read_text()) if record.is_file() else None
+        tuned = sweep_dir / tuning.RECORD
+        study = (
+            json.loads(tuned.read_text()) if tuned.is_file() and tuned.stat().st_mtime >= started else None
+        )
         statuses: set[str] = set()
         try:
             runs = report.sweep_runs(mlflow_client, parent_id, failures)
@@ -161,6 +168,9 @@ class MlflowSweep(Callback):
                 mlflow_client.log_text(parent_id, json.dumps(failures, indent=1), "failed_jobs.json")
             if raced:
                 _log_race(mlflow_client, parent_id, raced)
+            if study:
+                mlflow_client.log_text(parent_id, json.dumps(study, indent=1), tuning.RECORD)
+                mlflow_client.log_param(parent_id, "tune.keys", " ".join(study["keys"]))
             if not runs.empty:
                 correct = report.predictions(mlflow_client, runs)
                 comp = report.Comparison.of(
@@ -170,6 +180,7 @@ class MlflowSweep(Callback):
                     race=raced,
                     correct=correct,
                     note=_reused_note(parent.data.tags),
+                    tuning=study,
                 )
                 self._attach(mlflow_client, parent_id, comp)
             _log_best(mlflow_client, parent_id, sweep_dir)

@@ -26,14 +26,27 @@ class RaceSweeper(BasicSweeper):
         self.launcher = ReusingLauncher(
             self.launcher, self.config, self.hydra_context.config_loader, reuse, stale_after=stale_after
         )
-        if self.config.get("seeds") != "auto":
+        tuned = OmegaConf.select(self.config, "tune.params", default=None)
+        if self.config.get("seeds") != "auto" and not tuned:
             return super().sweep(arguments)
         from archbench.compare.race import Race, configurations
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         found = configurations(self._parse_config(), arguments, parser)
-        race = Race(self.config, self.launcher, found)
-        returns = race.run()
+        if tuned:  # tune=...: a study per configuration first, then its chosen values are evaluated
+            found = self._tune(found)
+        if self.config.get("seeds") != "auto":
+            batch = [[*c, f"seed={s}"] for s in range(self.config.seeds) for c in found]  # seeds outer
+            returns = self.launcher.launch(batch, initial_job_idx=self.launcher.next_job or 0)
+        else:
+            returns = Race(self.config, self.launcher, found).run()
         for result in returns:  # as the basic sweeper does: a failed job's error ends the sweep
             _ = result.return_value
         return [returns]
+
+    def _tune(self, found: list[list[str]]) -> list[list[str]]:
+        from archbench.tuning import Study
+
+        loader = self.hydra_context.config_loader
+        choices = [dict(loader.load_sweep_config(self.config, c).hydra.runtime.choices) for c in found]
+        return Study(self.config, self.launcher, found, choices).run(first_job=self.launcher.next_job or 0)
