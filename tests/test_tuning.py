@@ -5,12 +5,14 @@ and gives the verdicts (archbench.compare.verdicts), with no training. Then the 
 synthetic data, as a user types it, and the refusals.
 """
 
+import itertools
 import json
 
 import numpy as np
 import pytest
 from scipy import stats
 
+from archbench.compare.tuned import expected_best
 from archbench.compare.verdicts import EQUIVALENT, WORSE, Plan, compare
 from archbench.tuning import choose
 from conftest import all_runs, run_py, store
@@ -106,6 +108,15 @@ def test_reusing_the_tuning_seeds_biases_the_chosen_configuration_upward():
     assert stats.ttest_1samp(luck.ravel(), 0, alternative="greater").pvalue < 1e-6
 
 
+def test_expected_best_is_the_mean_best_over_every_subset_of_that_budget():
+    values = np.array([0.80, 0.86, 0.84, 0.87, 0.10])
+    for budget in range(1, len(values) + 1):
+        subsets = [max(c) for c in itertools.combinations(values, budget)]
+        assert expected_best(values, budget) == pytest.approx(np.mean(subsets))
+    assert expected_best(values, 1) == pytest.approx(values.mean())
+    assert expected_best(values, len(values)) == pytest.approx(values.max())
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _print_rates(request):
     yield
@@ -162,7 +173,8 @@ def test_each_optimizer_is_tuned_in_its_own_range_then_evaluated_on_other_seeds(
     record = json.loads(
         (tmp_path / "outputs" / "sweep" / "tuning.json").read_text()
     )  # also on the parent run
-    assert "tuning.json" in {a.path for a in mlflow_client.list_artifacts(parent.info.run_id)}
+    logged = {a.path for a in mlflow_client.list_artifacts(parent.info.run_id)}
+    assert {"tuning.json", "sensitivity.png", "budget.png"} <= logged
     # (the configurations carry the test's shrinking overrides too: dataset=synthetic train.epochs=1)
     studies = {s["configuration"]: s for s in record["studies"]}
     assert sorted(w for name in studies for w in name.split() if w.startswith("optimizer=")) == [

@@ -96,6 +96,8 @@ class Comparison:
         s = self.comp.summary
         frame = s[["verdict", "configuration", "n", "mean", "sd", "ci_low", "ci_high", "diff", "diff_low",
                    "diff_high", "train_time_s", "params_total", "front"]].copy()  # fmt: skip
+        if self.comp.chosen:  # tune=lr: each configuration's chosen values
+            frame.insert(2, "tuned", frame.configuration.map(self.comp.chosen))
         frame["configuration"] = frame.configuration.map(self.comp.labels)
         return frame.set_index("configuration")
 
@@ -126,7 +128,7 @@ class Comparison:
 
     def chart(self, kind: str = "accuracy"):
         """A chart, shown inline: "accuracy" (per configuration, each seed a dot), "curves" (per epoch)
-        or "pareto" (accuracy against training time)."""
+        or "pareto" (accuracy against training time); a tuned sweep's "sensitivity" and "budget" too."""
         from IPython.display import Image
 
         from archbench.compare import charts, report
@@ -139,8 +141,13 @@ class Comparison:
                 charts.curves(self.comp, report.histories(self.client, self.comp), path)
             elif kind == "pareto":
                 charts.pareto(self.comp, path)
+            elif kind in ("sensitivity", "budget") and self.comp.tuning:
+                from archbench.compare import study_charts
+
+                getattr(study_charts, kind)(self.comp.tuning, self.comp.labels, path)
             else:
-                raise ValueError(f"chart kind must be accuracy, curves or pareto, got {kind!r}")
+                kinds = "accuracy, curves, pareto" + (", sensitivity or budget" if self.comp.tuning else "")
+                raise ValueError(f"chart kind must be {kinds}, got {kind!r}")
             return Image(path.read_bytes(), format="png")
 
     def __repr__(self) -> str:

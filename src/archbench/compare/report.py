@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from archbench.compare import charts, stats, table, tuned
+from archbench.compare import charts, stats, study_charts, table, tuned
 from archbench.compare.verdicts import MARGIN, Plan
 from archbench.config import configuration
 from archbench.tracking import store, views
@@ -122,6 +122,7 @@ class Comparison:
     note: str = ""
     roles: str = ""  # what was tuned per configuration, or held fixed for all (tuning.roles)
     chosen: dict[str, str] | None = None  # a tuned sweep's: configuration -> its chosen values
+    tuning: dict | None = None  # a tuned sweep's record (tuning.RECORD), for its charts
 
     @classmethod
     def of(
@@ -154,7 +155,7 @@ class Comparison:
         plan = summary.attrs["plan"]
         roles, chosen = tuned.roles(done, trials, tuning)
         title = f"{where}: {', '.join(what)}"
-        return cls(runs, metric, summary, labels, title, plan, race, note, roles, chosen)
+        return cls(runs, metric, summary, labels, title, plan, race, note, roles, chosen, tuning)
 
     @property
     def metric_name(self) -> str:
@@ -199,6 +200,9 @@ def write_all(comp: Comparison, folder: Path, mlflow_client) -> list[Path]:
     curves = histories(mlflow_client, comp)
     if len(curves):
         paths.append(charts.curves(comp, curves, folder / "curves.png"))
+    if comp.tuning:  # tune=lr: the score against the tuned value, and against the tuning budget
+        paths.append(study_charts.sensitivity(comp.tuning, comp.labels, folder / "sensitivity.png"))
+        paths.append(study_charts.budget(comp.tuning, comp.labels, folder / "budget.png"))
     return paths
 
 

@@ -1,7 +1,9 @@
 """What a comparison held fixed and what it tuned per configuration: the line that says how far its
 verdicts reach, and each configuration's chosen values (tune=lr, archbench/tuning.py)."""
 
+import numpy as np
 import pandas as pd
+from scipy.special import comb
 
 from archbench.config import configuration
 
@@ -50,3 +52,34 @@ def _fixed(done: pd.DataFrame) -> str:
             "each configuration at its own best."
         )
     return ""
+
+
+def settings_table(record: dict) -> pd.DataFrame:
+    """A tuned sweep's trials as rows: configuration, the first key's value, mean and spread of the
+    score over the tuning seeds (NaN where a trial failed), and whether the setting was chosen."""
+    key = record["keys"][0]
+    rows = []
+    for study in record["studies"]:
+        for tried in study["tried"]:
+            scores = np.array(tried["scores"], float)
+            value = tried["setting"][0]
+            failed = np.isnan(scores).any()
+            rows.append({
+                "configuration": study["configuration"], key: value,
+                "mean": np.nan if failed else scores.mean(),
+                "low": np.nanmin(scores) if not np.isnan(scores).all() else np.nan,
+                "high": np.nanmax(scores) if not np.isnan(scores).all() else np.nan,
+                "chosen": study["chosen"].get(key) == value,
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def expected_best(values: np.ndarray, budget: int) -> float:
+    """The expected best of `budget` settings drawn at random, without replacement, from those tried:
+    Tang et al. (2020)'s unbiased form of Dodge et al. (2019)'s expected validation performance
+    (Dodge's own, with replacement, is biased). The i-th smallest of K values is the best of a draw
+    with probability C(i-1, budget-1) / C(K, budget). A failed setting counts as the worst."""
+    v = np.sort(np.where(np.isnan(values), -np.inf, values))
+    weights = comb(np.arange(len(v)), budget - 1) / comb(len(v), budget)
+    finite = np.isfinite(v)
+    return float(weights[finite] @ v[finite]) if finite.all() else float(weights @ np.where(finite, v, 0.0))
