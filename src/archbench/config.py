@@ -6,12 +6,10 @@ get here: Hydra refuses them while composing.
 
 import math
 import re
+from typing import TYPE_CHECKING
 
-import torch
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
-
-from archbench.models import ShapeError, cnn_shapes
 
 GROUPS = ("model", "activation", "optimizer", "dataset", "loss", "scheduler")  # tagged on every run
 # Overrides that say how or where a job ran, not what was trained: left out of its configuration.
@@ -22,6 +20,10 @@ MODES = ("train", "inspect")
 HEADS = (None, "softmax", "log_softmax")
 INTERVALS = ("epoch", "batch")
 MONITORS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy")  # never test_*: no peeking
+
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ConfigError(CompactHydraException):
@@ -71,8 +73,10 @@ def _sizes(cfg, key):
     return list(value)
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str) -> "torch.device":
     """`auto` = cuda, then mps, then cpu; a named device must exist on this machine."""
+    import torch  # here: the comparison's report and --help load no torch (4 s)
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -123,6 +127,8 @@ def _model_fits(cfg):
         pool = _number(cfg, "model.pool", low=1, integer=True, optional=True)
         if len(shape) != 3:
             raise ConfigError(f"model.input_shape must be [channels, height, width] for a CNN, got {shape}")
+        from archbench.models import ShapeError, cnn_shapes  # here: no torch for the report's import
+
         try:
             cnn_shapes(shape, list(model.channels), kernel, padding, pool)
         except ShapeError as e:
@@ -193,7 +199,7 @@ def _single_run() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN
 
 
-def validate(cfg: DictConfig) -> torch.device:
+def validate(cfg: DictConfig) -> "torch.device":
     """Check every value archbench relies on; returns the device to train on."""
     if cfg.mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
