@@ -27,7 +27,8 @@ def small_parameters(tmp_path) -> dict:
         f"hydra.run.dir={tmp_path}/outputs/runs/{stamp}",
         f"hydra.sweep.dir={tmp_path}/outputs/sweeps/{stamp}",
     ]
-    return {"EPOCHS": 1, "SEEDS": 2, "DATASET": "synthetic", "EXTRA": where}
+    tune = ["tune.settings=2", "tune.extend=0"]  # the tuned comparison's flow, not its search
+    return {"EPOCHS": 1, "SEEDS": 2, "DATASET": "synthetic", "EXTRA": where, "TUNE": tune}
 
 
 def test_the_course_notebook_runs_top_to_bottom_on_a_real_kernel(tmp_path, monkeypatch):
@@ -61,6 +62,9 @@ def test_the_course_notebook_runs_top_to_bottom_on_a_real_kernel(tmp_path, monke
     rows = re.findall(r"<tr><td>([^<]+)</td><td>\d</td><td>(activation=\w+)</td>", table)
     assert sorted(c for _, c in rows) == ["activation=relu", "activation=sigmoid", "activation=tanh"]
     assert all(v.split()[0] in ("best", "worse", "equivalent", "open:", "open") for v, _ in rows), rows
+    fair = shown("fair = archbench.sweep")
+    assert "<th>tuned</th>" in fair and "Each configuration at its own optimizer.lr" in fair
+    assert "image/png" in json.dumps([c for c in cells if "".join(c["source"]) == 'fair.chart("sensitivity")'])
     assert "written to" in shown("from torch import nn") and "model=smallcnn" in shown("from torch import nn")
     assert "<td>model=smallcnn</td>" in shown("own = archbench.sweep")
     assert "27" in shown('archbench.inspect("model=wide")') and "21" in shown(
