@@ -64,7 +64,9 @@ def test_the_course_notebook_runs_top_to_bottom_on_a_real_kernel(tmp_path, monke
     assert all(v.split()[0] in ("best", "worse", "equivalent", "open:", "open") for v, _ in rows), rows
     fair = shown("fair = archbench.sweep")
     assert "<th>tuned</th>" in fair and "Each configuration at its own optimizer.lr" in fair
-    assert "image/png" in json.dumps([c for c in cells if "".join(c["source"]) == 'fair.chart("sensitivity")'])
+    assert "image/png" in json.dumps(
+        [c for c in cells if "".join(c["source"]) == 'fair.chart("sensitivity")']
+    )
     assert "written to" in shown("from torch import nn") and "model=smallcnn" in shown("from torch import nn")
     assert "<td>model=smallcnn</td>" in shown("own = archbench.sweep")
     assert "27" in shown('archbench.inspect("model=wide")') and "21" in shown(

@@ -95,6 +95,23 @@ PROMISES = {
         jobs=15, sweeps=1, names=seeded([n.replace("sgd", "adam") for n in ACTIVATIONS], range(5))
     ),
     "python run.py model=dummynet mode=inspect": Promise(output=("total", "2,512", "Conv2d")),
+    # tuned (shrunk to 2 settings x 2 tuning seeds 1000 and 1001), then evaluated on seeds 0-1
+    "python run.py +experiment=activations tune=lr": Promise(
+        jobs=3 * 2 * 2 + 3 * 2,
+        sweeps=1,
+        names=seeded(ACTIVATIONS, range(2)) + 2 * seeded(ACTIVATIONS, (1000, 1001)),
+        parent_files=("tuning.json", "sensitivity.png", "budget.png"),
+        tags=("archbench.role",),
+        output=("Each configuration at its own optimizer.lr", "| tuned |"),
+    ),
+    "python run.py -m optimizer=sgd,adam tune=lr": Promise(
+        jobs=2 * 2 * 2 + 2 * 2,
+        sweeps=1,
+        names=seeded(["mlp-relu-sgd", "mlp-relu-adam"], range(2))
+        + 2 * seeded(["mlp-relu-sgd", "mlp-relu-adam"], (1000, 1001)),
+        parent_files=("tuning.json",),
+        tags=("archbench.role", "archbench.study"),
+    ),
     # the latest sweep: the activations preset (Adam, in "Running experiments")
     "make compare": Promise(
         output=(
@@ -117,15 +134,21 @@ PROMISES = {
     ),
     # Stopping and starting again: the same sweep with more seeds, then all again
     "python run.py -m activation=relu,tanh seeds=2": Promise(
-        jobs=4, sweeps=1, names=seeded(["mlp-relu-sgd", "mlp-tanh-sgd"], range(2)),
+        jobs=4,
+        sweeps=1,
+        names=seeded(["mlp-relu-sgd", "mlp-tanh-sgd"], range(2)),
         output=("reusing 0 finished runs, resuming 0, training 4 (sweep.reuse=false trains all)",),
     ),
     "python run.py -m activation=relu,tanh seeds=4": Promise(  # 4 reused, 4 trained
-        jobs=8, sweeps=1, names=seeded(["mlp-relu-sgd", "mlp-tanh-sgd"], range(4)),
+        jobs=8,
+        sweeps=1,
+        names=seeded(["mlp-relu-sgd", "mlp-tanh-sgd"], range(4)),
         output=("reusing 4 finished runs, resuming 0, training 4", "4 runs reused from earlier sweeps"),
     ),
     "python run.py -m activation=relu,tanh seeds=4 sweep.reuse=false": Promise(
-        jobs=8, sweeps=1, names=seeded(["mlp-relu-sgd", "mlp-tanh-sgd"], range(4)),
+        jobs=8,
+        sweeps=1,
+        names=seeded(["mlp-relu-sgd", "mlp-tanh-sgd"], range(4)),
         output=("sweep.reuse=false: training all 8 runs",),
     ),
     "python run.py -m activation=relu,tanh hydra/launcher=basic": Promise(
@@ -345,6 +368,8 @@ def shrunk(words: list[str], tmp: Path, n: int, model: bool = False) -> list[str
         shrink.append("hydra.sweeper.n_trials=3")
     if "seeds=auto" in words:
         shrink.append("race.max_seeds=5")  # two rounds at most: 3 and 5 seeds
+    if "tune=lr" in words:  # 2 settings a configuration, no extension, 2 seeds: the flow, not the search
+        shrink += ["tune.settings=2", "tune.extend=0", "seeds=2"]
     if words[0] == "python":
         return [*words, *shrink]
     target, assigned = words[1], dict(w.split("=", 1) for w in words[2:] if "=" in w)

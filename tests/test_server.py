@@ -398,3 +398,34 @@ def test_slurm_jobs_sign_in_as_the_user_who_submitted_them(server, slurm_cluster
     # nor in the sweep's folder, the jobs' pickles and logs included
     files = [p.read_bytes() for p in (tmp_path / "outputs" / "sweep").rglob("*") if p.is_file()]
     assert len(files) > 3 and not [f for f in files if USERS["alice"].encode() in f]
+
+
+def test_of_sweeps_claiming_one_stopped_run_at_once_exactly_one_wins(postgres, server, sweep, monkeypatch):
+    """The claim (tracking/reuse.py) through the team server and on its PostgreSQL directly: a param
+    is write-once in the store, so of eight claims written at the same moment one succeeds."""
+    import threading
+
+    import mlflow
+
+    from archbench.tracking import reuse
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", USERS["alice"])
+    for uri in (server.url, postgres):
+        mlflow_client = mlflow.MlflowClient(tracking_uri=uri)
+        experiment = mlflow_client.get_experiment_by_name("archbench").experiment_id
+        for _ in range(3):
+            run = mlflow_client.get_run(mlflow_client.create_run(experiment, run_name="stopped").info.run_id)
+            barrier, got = threading.Barrier(8), [None] * 8
+
+            def one(i, run=run, barrier=barrier, got=got, mlflow_client=mlflow_client):
+                barrier.wait()
+                got[i] = reuse.claim(mlflow_client, run, stale_after=300)
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert [g for g in got if g] == ["archbench.claim.1.0"], (uri.split(":")[0], got)
+            mlflow_client.set_terminated(run.info.run_id, "KILLED")

@@ -1,5 +1,6 @@
 """One Hydra job: validate, build, train and track. `run.py` calls `main`."""
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -206,8 +207,13 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
             # from it, the run logs those metrics unless the store has them (once=True), and the
             # epochs after it. Resumed from the slot before (this write torn), it trains this epoch
             # again, to the same numbers, and logs nothing the store holds.
-            if cfg.train.checkpoint:
-                run.log_state({**trainer.checkpoint(epoch), "train_time_s": spent, "metrics": metrics})
+            try:
+                if cfg.train.checkpoint:
+                    run.log_state({**trainer.checkpoint(epoch), "train_time_s": spent, "metrics": metrics})
+            except BaseException:  # a full artifact disk, Ctrl-C: the epoch's figures stay if they can
+                with contextlib.suppress(Exception):
+                    run.log_metrics(metrics, step=epoch, once=True)
+                raise
             run.log_metrics(metrics, step=epoch, once=True)
 
         try:

@@ -8,6 +8,7 @@ import numpy as np
 
 from archbench.compare.charts import _pyplot
 from archbench.compare.tuned import expected_best, settings_table
+from archbench.config import configuration
 
 
 def sensitivity(record: dict, labels: dict[str, str], path: Path) -> Path:
@@ -18,7 +19,7 @@ def sensitivity(record: dict, labels: dict[str, str], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, rows in table.groupby("configuration", sort=False):
         rows = rows.sort_values(key)
-        line = ax.plot(rows[key], rows["mean"], "o-", ms=4, label=labels.get(name, name))[0]
+        line = ax.plot(rows[key], rows["mean"], "o-", ms=4, label=_label(labels, name))[0]
         ax.fill_between(rows[key], rows["low"], rows["high"], color=line.get_color(), alpha=0.15, lw=0)
         best = rows[rows.chosen]
         ax.scatter(best[key], best["mean"], s=140, marker="*", color=line.get_color(), zorder=3)
@@ -45,7 +46,8 @@ def budget(record: dict, labels: dict[str, str], path: Path) -> Path:
     for name, rows in table.groupby("configuration", sort=False):
         means = rows["mean"].to_numpy(float)
         n = np.arange(1, len(means) + 1)
-        ax.plot(n, [expected_best(means, b) for b in n], "o-", ms=4, label=labels.get(name, name))
+        ax.plot(n, [expected_best(means, b) for b in n], "o-", ms=4, label=_label(labels, name))
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("settings tried (tuning budget)")
     ax.set_ylabel("expected best validation accuracy")
     ax.set_title("Expected best against budget (Dodge et al. 2019; unbiased, Tang et al. 2020)")
@@ -54,3 +56,8 @@ def budget(record: dict, labels: dict[str, str], path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _label(labels: dict[str, str], name: str) -> str:
+    """The table's label of a study's configuration (a record from before names were shortened: its own)."""
+    return labels.get(name) or labels.get(configuration(name.split())) or name
