@@ -18,7 +18,7 @@ AS_ROOT := $(shell [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && echo 
 
 .DEFAULT_GOAL := help
 .PHONY: help install data run sweep-activations sweep-architectures search compare ui server notebook \
-        bench bench-throughput test test-fast test-deps lint clean
+        bench bench-overhead bench-throughput test test-fast test-deps lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ notebook: install ## JupyterLab on notebooks/ (course.ipynb) at http://127.0.0.1
 
 bench: install ## epoch speed: textbook loop vs archbench, side by side
 	$(PY) benchmarks/epoch_speed.py $(ARGS)
+
+bench-overhead: install ## one run's cost besides training: against a plain script, imports, profile
+	$(PY) benchmarks/overhead.py $(ARGS)
 
 bench-throughput: install ## sweeps: side by side against one at a time, alone and beside neighbours
 	$(PY) benchmarks/throughput.py $(ARGS)

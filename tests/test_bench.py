@@ -90,3 +90,12 @@ def test_api_overhead_runs(tmp_path):
     cell = r"\d+\.\d\d \| \d+\.\d\d \| \d+\.\d\dx"
     for row in ("first single run", "a later single run (median of 1)", "a sweep: -m activation=relu,tanh"):
         assert re.search(rf"\| {re.escape(row)}[^|]* \| {cell} \|", table), table
+
+
+def test_overhead_runs(tmp_path):
+    table = bench("overhead.py", tmp_path, "--repeats", "1")
+    for row in ("plain", "archbench"):
+        cells = r"\d+\.\d\d \| \d+\.\d\d \| \d+\.\dx \| \d+\.\d\dx"
+        assert re.search(rf"^\| {row} \| {cells} \|$", table, re.M), table
+    assert re.search(r"^\| torch \| \d+\.\d\d \|$", table, re.M), table  # the imports, measured
+    assert re.search(r"^\| app\.py:\d+\(run_job\) \| \d+\.\d\d \|$", table, re.M), table  # the profile

@@ -1,0 +1,131 @@
+"""Where one run's seconds go besides training (issue 34): `python run.py train.epochs=1` against a plain
+PyTorch script that does the same job, side by side in one run, then the imports and the profile.
+
+    python benchmarks/overhead.py                       # Fashion-MNIST, mlp, 1 epoch, 3 repeats
+    python benchmarks/overhead.py --data synthetic --repeats 1
+
+The plain script decodes the data, trains the same mlp for the epoch and tests it, with no record.
+archbench's wall time is the command's; its training time is the run's train_time_s. Then
+`python -X importtime` (the heaviest imports, cumulative) and a cProfile of one run (the calls that
+take the most time, cumulative), each in a fresh process with a store of its own.
+"""
+
+import argparse
+import cProfile  # noqa: F401  (run as python -m cProfile)
+import pstats
+import re
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from table import publish  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PLAIN = """
+import gzip, sys, time
+import numpy as np, torch
+from torch import nn
+torch.set_num_threads(1)
+torch.manual_seed(0)
+data = sys.argv[1]
+if data == "synthetic":
+    x, y = torch.randn(12000, 1, 28, 28), torch.randint(0, 10, (12000,))
+    xt, yt = torch.randn(2000, 1, 28, 28), torch.randint(0, 10, (2000,))
+else:
+    def idx(name, offset):
+        with gzip.open(f"{data}/{name}.gz") as f:
+            return np.frombuffer(f.read(), np.uint8, offset=offset)
+    x = torch.tensor(idx("train-images-idx3-ubyte", 16).reshape(-1, 1, 28, 28)) / 255.0
+    y = torch.tensor(idx("train-labels-idx1-ubyte", 8)).long()
+    xt = torch.tensor(idx("t10k-images-idx3-ubyte", 16).reshape(-1, 1, 28, 28)) / 255.0
+    yt = torch.tensor(idx("t10k-labels-idx1-ubyte", 8)).long()
+model = nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 10))
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+tic = time.perf_counter()
+for i in torch.randperm(len(x)).split(100):
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x[i]), y[i]).backward()
+    opt.step()
+train = time.perf_counter() - tic
+with torch.no_grad():
+    print(train, (model(xt).argmax(1) == yt).float().mean().item())
+"""
+
+
+def archbench_run(data: str, folder: Path, prefix: list[str]) -> tuple[float, float, str]:
+    """(wall s, train_time_s, stderr) of `python run.py train.epochs=1` on a store of its own."""
+    uri = f"sqlite:///{folder}/mlflow.db"
+    args = ["run.py", "train.epochs=1", "train.threads=1", "train.progress=false", f"tracking.uri={uri}",
+            f"hydra.run.dir={folder}/run", *(["dataset=synthetic"] * (data == "synthetic"))]  # fmt: skip
+    tic = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, *prefix, *args], cwd=ROOT, check=True, capture_output=True, text=True
+    )
+    wall = time.perf_counter() - tic
+    with sqlite3.connect(f"{folder}/mlflow.db") as db:
+        (train,) = db.execute("select value from latest_metrics where key = 'train_time_s'").fetchone()
+    return wall, train, done.stderr
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="fashion_mnist", choices=["fashion_mnist", "synthetic"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--top", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "overhead.md")
+    args = parser.parse_args()
+    source = "synthetic" if args.data == "synthetic" else "/usr/share/datasets/fashion-mnist"
+    rows = {"plain": [], "archbench": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        archbench_run(args.data, Path(tmp) / "warm", [])  # the decoded-data cache and the store template
+        for r in range(args.repeats):  # interleaved: a load that comes and goes hits both alike
+            tic = time.perf_counter()
+            out = subprocess.run(
+                [sys.executable, "-c", PLAIN, source], check=True, capture_output=True, text=True
+            )
+            rows["plain"].append((time.perf_counter() - tic, float(out.stdout.split()[0])))
+            rows["archbench"].append(archbench_run(args.data, Path(tmp) / f"r{r}", [])[:2])
+        imports = archbench_run(args.data, Path(tmp) / "imports", ["-X", "importtime"])[2]
+        profile = Path(tmp) / "run.prof"
+        archbench_run(args.data, Path(tmp) / "prof", ["-m", "cProfile", "-o", str(profile)])
+        stats = pstats.Stats(str(profile))
+    wall = {k: statistics.median(w for w, _ in v) for k, v in rows.items()}
+    train = {k: statistics.median(t for _, t in v) for k, v in rows.items()}
+    lines = [
+        f"**One 1-epoch mlp run ({args.data}), median of {args.repeats}, 1 thread**",
+        "",
+        "| | wall (s) | training (s) | wall / training | wall vs plain |",
+        "|---|---|---|---|---|",
+    ]
+    for name in rows:
+        ratio = wall[name] / wall["plain"]
+        per = wall[name] / train[name]
+        lines.append(f"| {name} | {wall[name]:.2f} | {train[name]:.2f} | {per:.1f}x | {ratio:.2f}x |")
+    found = []
+    for line in imports.splitlines():
+        m = re.match(r"import time:\s+\d+ \|\s+(\d+) \| ( *)(\S+)", line)
+        if m and not m.group(2):  # imported at the top level or inside a function: what each costs in all
+            found.append((int(m.group(1)), m.group(3)))
+    lines += ["", "**Heaviest imports of that run, cumulative (python -X importtime)**", "",
+              "| module | s |", "|---|---|"]  # fmt: skip
+    lines += [f"| {name} | {us / 1e6:.2f} |" for us, name in sorted(found, reverse=True)[: args.top]]
+    lines += ["", "**One run under cProfile: the calls that take the most time, cumulative**", "",
+              "| call | s |", "|---|---|"]  # fmt: skip
+    entries = sorted(stats.stats.items(), key=lambda kv: kv[1][3], reverse=True)
+    shown = [
+        (f"{Path(f).name}:{n}({fn})", v[3])
+        for (f, n, fn), v in entries
+        if "archbench" in f or "torch/optim" in f
+    ]
+    lines += [f"| {call} | {s:.2f} |" for call, s in shown[: args.top]]
+    publish(lines, args.out)
+
+
+if __name__ == "__main__":
+    main()
