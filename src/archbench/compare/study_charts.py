@@ -30,12 +30,7 @@ def sensitivity(record: dict, labels: dict[str, str], path: Path) -> Path:
     if len(finite):  # zoomed to the useful part: far-off settings would flatten the rest
         top = finite.max()
         ax.set_ylim(max(finite.min(), top - 0.1) - 0.005, top + 0.005)
-    ax.set_title("Sensitivity: each configuration's score against the tuned value")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, "Sensitivity: each configuration's score against the tuned value", path)
 
 
 def budget(record: dict, labels: dict[str, str], path: Path) -> Path:
@@ -50,7 +45,13 @@ def budget(record: dict, labels: dict[str, str], path: Path) -> Path:
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("settings tried (tuning budget)")
     ax.set_ylabel("expected best validation accuracy")
-    ax.set_title("Expected best against budget (Dodge et al. 2019; unbiased, Tang et al. 2020)")
+    return _save(
+        plt, fig, ax, "Expected best against budget (Dodge et al. 2019; unbiased, Tang et al. 2020)", path
+    )
+
+
+def _save(plt, fig, ax, title: str, path: Path) -> Path:
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
