@@ -116,6 +116,11 @@ class Plan:
     def settings(self) -> list[tuple]:
         return list(itertools.product(*self.grids.values()))
 
+    @property
+    def failed(self) -> int:
+        """Trials that failed (diverged): their scores are NaN."""
+        return sum(math.isnan(v) for scores in self.scores.values() for v in scores)
+
     def untried(self) -> list[tuple]:
         return [s for s in self.settings() if s not in self.scores]
 
@@ -156,7 +161,6 @@ class Study:
             for c, picked in zip(configurations, choices, strict=True)
         ]
         self.trials = 0
-        self.failed = [0] * len(self.plans)
         self.folder = Path(config.hydra.sweep.dir)
 
     def run(self, first_job: int = 0) -> list[list[str]]:
@@ -195,8 +199,6 @@ class Study:
         for (i, s, seed), result in zip(jobs, returns, strict=True):
             score = result._return_value if result.status == JobStatus.COMPLETED else None
             finite = isinstance(score, int | float) and math.isfinite(score)
-            if not finite:
-                self.failed[i] += 1
             scores = self.plans[i].scores.setdefault(s, [math.nan] * len(self.seeds))
             scores[self.seeds.index(seed)] = float(score) if finite else math.nan
 
@@ -216,9 +218,9 @@ class Study:
                     "tried": [{"setting": list(s), "scores": v} for s, v in plan.scores.items()],
                     "chosen": dict(zip(plan.grids, plan.best() or (), strict=False)),
                     "extended": plan.extended,
-                    "failed": self.failed[i],
+                    "failed": plan.failed,
                 }
-                for i, plan in enumerate(self.plans)
+                for plan in self.plans
             ],
         }
         path = self.folder / RECORD

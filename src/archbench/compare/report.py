@@ -20,6 +20,7 @@ from archbench.compare import charts, stats, study_charts, table, tuned
 from archbench.compare.verdicts import MARGIN, Plan
 from archbench.config import configuration
 from archbench.tracking import store, views
+from archbench.tuning import RECORD as TUNING_RECORD
 from archbench.tuning import ROLE_TAG
 
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"  # as conf/config.yaml's tracking.uri
@@ -243,15 +244,17 @@ def find(
     if runs.empty:
         raise NothingToCompare(f"sweep {info.run_name} ({parent}) has no job runs")
     logged = float(run.data.params.get("compare.margin", MARGIN))
-    raced = race_record(mlflow_client, parent)
+    from archbench.compare.race import RECORD as RACE_RECORD  # here: hydra's parser only for a sweep
+
+    raced = parent_record(mlflow_client, parent, RACE_RECORD)
     comp = Comparison.of(
         runs, info.run_name, margin=margin or logged, race=raced, correct=predictions(mlflow_client, runs),
-        tuning=race_record(mlflow_client, parent, "tuning.json"),
+        tuning=parent_record(mlflow_client, parent, TUNING_RECORD),
     )  # fmt: skip
     return comp, parent, info.experiment_id
 
 
-def race_record(mlflow_client, parent_id: str, name: str = "race.json") -> dict | None:
+def parent_record(mlflow_client, parent_id: str, name: str) -> dict | None:
     """A record on a sweep's parent run (a race's race.json, a tuned sweep's tuning.json), or None."""
     if name not in {a.path for a in mlflow_client.list_artifacts(parent_id)}:
         return None
