@@ -33,3 +33,6 @@ if __name__ == "__main__":
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM raised as archbench.tracking.runs.Terminated
         print(f"interrupted ({e or 'Ctrl-C'}): runs in progress are marked KILLED", file=sys.stderr)
         sys.exit(143 if type(e).__name__ == "Terminated" else 130)
+    from archbench import exiting
+
+    exiting.now()  # done and recorded: the interpreter's teardown would add 1.2-1.6 s (archbench/exiting.py)

@@ -1,8 +1,11 @@
-"""Where one run's seconds go besides training (issue 34): `python run.py train.epochs=1` against a plain
-PyTorch script that does the same job, side by side in one run, then the imports and the profile.
+"""Where archbench's seconds go besides training (issue 34): wall time against training time per core
+for one run, the activations preset at 1 and at 5 epochs, a tuned comparison and a report, optionally
+beside an earlier revision of archbench (--against); then one run against a plain PyTorch script that
+does the same job, its imports and its profile. Everything side by side in one run.
 
-    python benchmarks/overhead.py                       # Fashion-MNIST, mlp, 1 epoch, 3 repeats
-    python benchmarks/overhead.py --data synthetic --repeats 1
+    python benchmarks/overhead.py                       # Fashion-MNIST, 3 repeats of the single run
+    python benchmarks/overhead.py --against 9178011     # the same, beside that revision (git worktree)
+    python benchmarks/overhead.py --data synthetic --repeats 1 --sweeps one
 
 The plain script decodes the data, trains the same mlp for the epoch and tests it, with no record.
 archbench's wall time is the command's; its training time is the run's train_time_s. Then
@@ -12,6 +15,7 @@ take the most time, cumulative), each in a fresh process with a store of its own
 
 import argparse
 import cProfile  # noqa: F401  (run as python -m cProfile)
+import os
 import pstats
 import re
 import sqlite3
@@ -73,16 +77,101 @@ def archbench_run(data: str, folder: Path, prefix: list[str]) -> tuple[float, fl
     return wall, train, done.stderr
 
 
+# What a user runs, shrunk by nothing but the scenario's own overrides: (name, arguments after python).
+SCENARIOS = {
+    "one": ("one run, 1 epoch, 1 thread", ["run.py", "train.epochs=1", "train.threads=1"]),
+    "activations1": (
+        "activations preset, 1 epoch (15 jobs)",
+        ["run.py", "+experiment=activations", "train.epochs=1"],
+    ),
+    "activations5": ("activations preset, 5 epochs (15 jobs)", ["run.py", "+experiment=activations"]),
+    "tuned": (
+        "tuned: relu vs sigmoid, tune=lr, 2 seeds, 1 epoch",
+        ["run.py", "-m", "activation=relu,sigmoid", "tune=lr", "seeds=2", "train.epochs=1"],
+    ),
+    "report": ("report: --experiment of the 1-epoch preset's 15 runs", ["-m", "archbench.compare.report"]),
+}
+
+
+def scenario(tree: Path, key: str, data: str, folder: Path, store: Path) -> tuple[float, float | None]:
+    """(wall s, training s per core) of one scenario run in `tree` on the store `store`."""
+    name, args = SCENARIOS[key]
+    uri = f"sqlite:///{store}"
+    if key == "report":
+        args = [*args, "--tracking-uri", uri, "--experiment", "archbench", "--out", str(folder / "report")]
+    else:
+        args = [*args, "train.progress=false", f"tracking.uri={uri}", f"data_dir={ROOT / 'data'}",
+                f"hydra.run.dir={folder}/run", f"hydra.sweep.dir={folder}/sweep",
+                *(["dataset=synthetic"] * (data == "synthetic"))]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(tree / "src")}  # the tree's archbench, not the installed one
+    tic = time.perf_counter()
+    subprocess.run([sys.executable, *args], cwd=tree, env=env, check=True, capture_output=True, text=True)
+    wall = time.perf_counter() - tic
+    if key == "report":
+        return wall, None
+    with sqlite3.connect(store) as db:
+        (train,) = db.execute("select sum(value) from latest_metrics where key = 'train_time_s'").fetchone()
+        (jobs,) = db.execute("select count(*) from latest_metrics where key = 'train_time_s'").fetchone()
+    cores = 1 if key == "one" else min(len(os.sched_getaffinity(0)), jobs)  # a sweep's jobs: 1 thread each
+    return wall, train / cores
+
+
+def sweeps(keys: list[str], against: str | None, data: str, tmp: Path) -> list[str]:
+    """The scenarios' table: each in this tree and, with --against, in that revision, one after the other."""
+    trees = {"now": ROOT}
+    if against:
+        before = tmp / "before"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", "-q", str(before), against], cwd=ROOT, check=True
+        )
+        trees[f"before ({against})"] = before
+    lines = [
+        f"**Wall time against training time per core ({data}, {len(os.sched_getaffinity(0))} cores)**",
+        "",
+        "| scenario | archbench | wall (s) | training per core (s) | wall / training | besides (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    try:
+        # a warm-up: the decoded-data cache, the store template, the OS's caches
+        for label, tree in trees.items():
+            scenario(tree, "one", data, tmp / f"warm-{len(label)}", tmp / f"warm-{len(label)}.db")
+        for key in keys:
+            for i, (label, tree) in enumerate(trees.items()):
+                store = tmp / f"{'activations1' if key == 'report' else key}-{i}.db"
+                if key == "report" and not store.exists():  # the report reads the 1-epoch preset's runs
+                    scenario(tree, "activations1", data, tmp / f"for-report-{i}", store)
+                wall, train = scenario(tree, key, data, tmp / f"{key}-{i}", store)
+                cells = (
+                    ["—", "—", "—"]
+                    if train is None
+                    else [f"{train:.2f}", f"{wall / train:.2f}x", f"{wall - train:.2f}"]
+                )
+                lines.append(f"| {SCENARIOS[key][0]} | {label} | {wall:.2f} | {' | '.join(cells)} |")
+    finally:
+        if against:
+            subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, check=False)
+    return [*lines, ""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="fashion_mnist", choices=["fashion_mnist", "synthetic"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--top", type=int, default=8)
+    parser.add_argument(
+        "--sweeps",
+        nargs="*",
+        default=list(SCENARIOS),
+        choices=list(SCENARIOS),
+        help="the scenarios of the first table (none: only the single run's tables)",
+    )
+    parser.add_argument("--against", help="a git revision to measure beside this tree (in a git worktree)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "overhead.md")
     args = parser.parse_args()
     source = "synthetic" if args.data == "synthetic" else "/usr/share/datasets/fashion-mnist"
     rows = {"plain": [], "archbench": []}
     with tempfile.TemporaryDirectory() as tmp:
+        first = sweeps(args.sweeps, args.against, args.data, Path(tmp)) if args.sweeps else []
         archbench_run(args.data, Path(tmp) / "warm", [])  # the decoded-data cache and the store template
         for r in range(args.repeats):  # interleaved: a load that comes and goes hits both alike
             tic = time.perf_counter()
@@ -98,6 +187,7 @@ def main() -> None:
     wall = {k: statistics.median(w for w, _ in v) for k, v in rows.items()}
     train = {k: statistics.median(t for _, t in v) for k, v in rows.items()}
     lines = [
+        *first,
         f"**One 1-epoch mlp run ({args.data}), median of {args.repeats}, 1 thread**",
         "",
         "| | wall (s) | training (s) | wall / training | wall vs plain |",

@@ -121,7 +121,7 @@ class PredictingLauncher(ScriptedLauncher):
     noisier than a 0.005 margin allows."""
 
     def launch(self, batch, initial_job_idx):
-        from archbench.tracking.records import PREDICTIONS, write_predictions
+        from archbench.tracking.predictions import PREDICTIONS, write_predictions
 
         results = super().launch(batch, initial_job_idx)
         for n, result in enumerate(results):

@@ -128,7 +128,7 @@ def test_registering_makes_a_new_version_per_run(runs):
 
 def test_the_test_predictions_are_recorded_one_row_per_example(runs):
     """What the comparison pairs by example: index, label, predicted; they give the run's accuracy."""
-    from archbench.tracking.records import PREDICTIONS, read_predictions
+    from archbench.tracking.predictions import PREDICTIONS, read_predictions
 
     run = runs.plain.run  # 50 test images
     path = Path(store(runs.tmp).download_artifacts(run.info.run_id, PREDICTIONS, str(runs.tmp)))

@@ -14,7 +14,7 @@ from archbench import splits
 from archbench.app import main
 from archbench.compare import report, table
 from archbench.compare.stats import RESAMPLED
-from archbench.tracking.records import PREDICTIONS, read_predictions
+from archbench.tracking.predictions import PREDICTIONS, read_predictions
 from conftest import all_runs, compose_job, store
 
 

@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 
 from archbench import identity
+from archbench.tracking.reuse import ReusingLauncher
 from conftest import ROOT, all_runs, compose_job, environment, patience, run_py, shrunk, store, wait_for
 
 START = "reusing {} finished runs, resuming {}, training {} (sweep.reuse=false trains all)"
@@ -39,6 +40,23 @@ def test_what_makes_runs_the_same(tmp_path):
     assert key != identity.settings(compose_job(tmp_path, "seed=1", "activation=tanh"))
     assert identity.config_key(key, "a") != identity.config_key(key, "b")  # other data
     assert identity.code_version(base) == identity.code_version(compose_job(tmp_path, "seed=2"))
+
+
+def test_the_seeds_of_a_configuration_share_one_composition_and_get_the_same_identity(tmp_path):
+    # the reuse check composes each job as the sweeper will: once per configuration, the seed set after
+    composed = []
+
+    class Loader:
+        def load_sweep_config(self, config, overrides):
+            composed.append(overrides)
+            return compose_job(tmp_path, *overrides)
+
+    launcher = ReusingLauncher(launcher=None, config=None, config_loader=Loader())
+    jobs = [[f"seed={s}", f"activation={a}", "train.epochs=2"] for s in (0, 1, 7) for a in ("relu", "tanh")]
+    for job in jobs:
+        assert identity.settings(launcher._composed(job)) == identity.settings(compose_job(tmp_path, *job))
+    assert len(composed) == 2  # relu's and tanh's
+    assert identity.settings(launcher._composed(jobs[0])) != identity.settings(launcher._composed(jobs[2]))
 
 
 def own_network(tmp_path):

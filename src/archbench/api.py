@@ -146,7 +146,7 @@ class _JobsBar:
     def _watch(self) -> None:
         from tqdm.auto import tqdm
 
-        from archbench.tracking.records import PREDICTIONS
+        from archbench.tracking.predictions import PREDICTIONS
         from archbench.tracking.sweep import FAILED_FILE, MlflowSweep
 
         bar = None

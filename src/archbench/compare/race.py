@@ -171,7 +171,7 @@ def _predictions(result: JobReturn, config: DictConfig) -> np.ndarray | None:
     """A finished job's per-example test predictions, which it left in its own Hydra folder (app.py);
     a reused run's, from the store."""
     from archbench.tracking import reuse
-    from archbench.tracking.records import PREDICTIONS, read_predictions
+    from archbench.tracking.predictions import PREDICTIONS, read_predictions
 
     if isinstance(result, reuse.Reused):
         return reuse.predictions(config, result.run_id)

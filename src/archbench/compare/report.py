@@ -165,8 +165,8 @@ class Comparison:
 
 def predictions(mlflow_client, runs: pd.DataFrame) -> dict[tuple[str, int], np.ndarray]:
     """(configuration, seed) -> 0/1 per test example, from each finished run's recorded predictions
-    (records.PREDICTIONS); the first run of a seed that ran more than once; none for older runs."""
-    from archbench.tracking.records import fetch_predictions
+    (predictions.PREDICTIONS); the first run of a seed that ran more than once; none for older runs."""
+    from archbench.tracking.predictions import fetch_predictions
 
     found = {}
     compared = runs[(runs.status == "FINISHED") & (runs.role != "tuning")]

@@ -3,13 +3,11 @@
 model."""
 
 import json
-import os
 import re
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from omegaconf import DictConfig
 
@@ -17,6 +15,7 @@ from archbench import evaluation
 from archbench.data import class_names
 from archbench.splits import Splits
 from archbench.tracking import logged_model
+from archbench.tracking.predictions import PREDICTIONS, write_predictions
 from archbench.tracking.runs import Run
 
 
@@ -93,30 +92,6 @@ def log_outcome(
         )  # fmt: skip
 
 
-# One row per test example: the comparison pairs configurations by example as well as by seed, so
-# that an interval covers the test sample's own noise (compare/crossed.py). 10,000 rows: ~20 KB.
-PREDICTIONS = "test_predictions.csv.gz"
-
-
-def write_predictions(path: Path, labels: torch.Tensor, predicted: torch.Tensor, index=None) -> None:
-    """index (in the test split's order; with dataset.resample=true, in the pooled data's), label,
-    predicted: gzipped CSV."""
-    labels, predicted = labels.cpu().numpy(), predicted.cpu().numpy()
-    index = np.arange(len(labels)) if index is None else index
-    table = pd.DataFrame({"index": index, "label": labels, "predicted": predicted})
-    table.to_csv(path, index=False, compression={"method": "gzip", "mtime": 0})
-
-
-def read_predictions(path: Path) -> np.ndarray | None:
-    """Per test example, in index order: 1 where the run predicted the label, else 0. None for a run
-    on its own partition (dataset.resample=true): its examples are not the other seeds', so there is
-    no test sample to cross with the seeds; the seeds themselves carry its noise."""
-    table = pd.read_csv(path).sort_values("index")
-    if not np.array_equal(table["index"].to_numpy(), np.arange(len(table))):
-        return None
-    return (table.label.to_numpy() == table.predicted.to_numpy()).astype(np.uint8)
-
-
 # zz_: MLflow's Model metrics tab orders its charts by name, so these ten come after the learning
 # curves; no "/": the UI makes a section of each name's part before its last "/" ("T-shirt/top").
 CLASS_METRIC = "zz_class_accuracy."
@@ -125,19 +100,3 @@ CLASS_METRIC = "zz_class_accuracy."
 def class_metric(label: str) -> str:
     """A class's test accuracy as an MLflow metric name: `zz_class_accuracy.T-shirt_top`."""
     return CLASS_METRIC + re.sub(r"[^\w.\- ]", "_", label)
-
-
-def fetch_predictions(mlflow_client, run_id: str, folder: str) -> np.ndarray | None:
-    """A run's recorded predictions (read_predictions), downloaded into `folder`; None for a run
-    recorded before them."""
-    from unittest import mock
-
-    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
-
-    quiet = {MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name: "false"}  # else a bar per 20 KB file
-    try:
-        with mock.patch.dict(os.environ, quiet):
-            path = mlflow_client.download_artifacts(run_id, PREDICTIONS, folder)
-    except Exception:  # noqa: BLE001 (a run recorded before predictions were: its seeds alone count)
-        return None
-    return read_predictions(Path(path))
