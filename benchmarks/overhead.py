@@ -147,6 +147,7 @@ def sweeps(keys: list[str], against: str | None, data: str, tmp: Path) -> list[s
                     else [f"{train:.2f}", f"{wall / train:.2f}x", f"{wall - train:.2f}"]
                 )
                 lines.append(f"| {SCENARIOS[key][0]} | {label} | {wall:.2f} | {' | '.join(cells)} |")
+                print(lines[-1], file=sys.stderr, flush=True)  # as it goes: the whole table takes minutes
     finally:
         if against:
             subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, check=False)

@@ -15,7 +15,10 @@ import sys
 
 
 def now(code: int = 0) -> None:
-    """End the process with `code` after the exit handlers, skipping the interpreter's teardown."""
+    """End the process with `code` after the exit handlers, skipping the interpreter's teardown; under
+    a profiler or a tracer (cProfile, coverage), which writes its results as Python exits, return."""
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        return
     # No thread is waited for: archbench's own (a run's heartbeat) are joined when their run ends, and
     # MLflow's calls return once done; what is left are idle pools (MLflow's artifact uploads, loky's
     # manager), which Python's exit would only wake up to stop.

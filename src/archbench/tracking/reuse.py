@@ -134,9 +134,6 @@ class ReusingLauncher:
     _configs: dict = field(default_factory=dict)  # a job's overrides but its seed -> its composed config
 
     def launch(self, job_overrides, initial_job_idx: int) -> list[JobReturn]:
-        from archbench import workers
-
-        workers.ready()  # the workers started at the sweep's start, warm by now (archbench/workers.py)
         job_overrides = [list(o) for o in job_overrides]
         sweep_dir = Path(self.config.hydra.sweep.dir)
         if self.next_job is None:  # numbered after the folders of an earlier session in this folder
