@@ -12,13 +12,14 @@ WORKERS ?= auto
 HOST ?= 127.0.0.1
 PORT ?= 5000
 NB_PORT ?= 8888
+DOCS_PORT ?= 8000
 TRACKING_URI ?= $(or $(MLFLOW_TRACKING_URI),sqlite:///mlruns/mlflow.db)
 FASHION := /usr/share/datasets/fashion-mnist
 AS_ROOT := $(shell [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && echo yes)
 
 .DEFAULT_GOAL := help
 .PHONY: help install data run sweep-activations sweep-architectures search compare ui server notebook \
-        bench bench-overhead bench-throughput test test-fast test-deps lint clean
+        docs bench bench-overhead bench-throughput test test-fast test-deps lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -28,7 +29,7 @@ install: $(STAMP) data ## set up .venv (pip, pinned torch) and Fashion-MNIST
 # pip, not uv or poetry: pip takes torch and torchvision from this machine's disk
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,cluster,search,server,notebook]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,cluster,search,server,notebook,docs]'
 	@# the notebook's kernel, in the venv itself (.venv/share/jupyter): this venv's python, whatever else
 	@# a user's own Jupyter folders hold under the name python3
 	$(PY) -m ipykernel install --sys-prefix --name archbench --display-name "archbench (.venv)" >/dev/null
@@ -61,12 +62,17 @@ compare: install ## the latest sweep's comparison table and chart: ARGS="--paren
 ui: install ## the MLflow UI on http://127.0.0.1:5000 (PORT=..., HOST=0.0.0.0 to share it)
 	$(PY) -m mlflow ui --backend-store-uri '$(TRACKING_URI)' --host $(HOST) --port $(PORT)
 
-server: install ## a team MLflow server (basic-auth, PostgreSQL); needs ARCHBENCH_ADMIN_PASSWORD: README "Scaling out"
+server: install ## a team MLflow server (basic-auth, PostgreSQL); needs ARCHBENCH_ADMIN_PASSWORD: docs/scaling.md
 	$(PY) -m archbench.server --host $(HOST) --port $(PORT) $(ARGS)
 
 notebook: install ## JupyterLab on notebooks/ (course.ipynb) at http://127.0.0.1:8888, the venv's kernel (NB_PORT=...)
 	$(PY) -m jupyter lab --notebook-dir=notebooks --ServerApp.ip=$(HOST) --ServerApp.port=$(NB_PORT) \
 	  --ServerApp.port_retries=0 --ServerApp.open_browser=False $(if $(AS_ROOT),--ServerApp.allow_root=True)
+
+# loopback only; rebuilt on every edit of docs/. NO_MKDOCS_2_WARNING: Material's banner about MkDocs 2
+# would fill the terminal at each start. tests/test_docs.py builds the site with --strict
+docs: install ## the documentation site (docs/, mkdocs.yml) on http://127.0.0.1:8000 (DOCS_PORT=...)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
 
 bench: install ## epoch speed: textbook loop vs archbench, side by side
 	$(PY) benchmarks/epoch_speed.py $(ARGS)

@@ -1,5 +1,5 @@
 """The Python API (`import archbench`): run, sweep (and race), compare and inspect, in this process as
-a notebook calls them, against `run.py` typed with the same overrides; and the README's calls."""
+a notebook calls them, against `run.py` typed with the same overrides; and the calls of docs/api.md."""
 
 import ast
 import re
@@ -100,9 +100,9 @@ def test_inspect_prints_what_mode_inspect_prints(tmp_path):
 
 
 def readme_block() -> str:
-    """The Python block of the README's "From a notebook"."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## From a notebook", 1)[1].split("\n## ", 1)[0]
+    """The Python block of the page "The notebook and the Python API" (docs/api.md)."""
+    text = (ROOT / "docs" / "api.md").read_text()
+    section = text.split("# The notebook and the Python API", 1)[1].split("\n## ", 1)[0]
     return re.search(r"```python\n(.*?)```", section, re.S)[1]
 
 
@@ -130,7 +130,7 @@ def test_the_readmes_python_calls_do_what_it_says(tmp_path, monkeypatch):
     shrink = [o for o in small(tmp_path) if not o.startswith(("tracking.uri=", "tracking.log_model="))]
     code = ast.fix_missing_locations(Shrink(shrink).visit(ast.parse(readme_block())))
     scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)
+    exec(compile(code, "docs/api.md", "exec"), scope)
     assert scope["run"].status == "FINISHED" and "test_accuracy" in scope["run"].metrics
     assert isinstance(scope["model"], torch.nn.Module)
     table = scope["comparison"].table

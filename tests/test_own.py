@@ -71,7 +71,7 @@ CONFIGS = {
     "extra_key": f"_target_: {MODULE}.LeNet\ninput_shape: ${{dataset.input_shape}}\n",
     "missing": "_target_: nowhere_to_be_found.Net\n",
     "not_a_module": "_target_: builtins.dict\n",
-    # torchvision's ResNet-18 after a 1x1 convolution to its 3 channels, as the README shows it
+    # torchvision's ResNet-18 after a 1x1 convolution to its 3 channels, as docs/own.md shows it
     "resnet18": readme_files()["~/mywork/conf/model/resnet18.yaml"],
 }
 

@@ -1,6 +1,6 @@
 """Sweeps run their jobs side by side by default, one thread each; stopped, every job ends KILLED; and
 they give the same numbers as the basic launcher. That 15 jobs four at a time into a
-fresh store lose nothing is the README's own "Parallel sweeps" command (tests/test_readme.py)."""
+fresh store lose nothing is the "Parallel sweeps" command of docs/speed.md (tests/test_readme.py)."""
 
 import os
 import signal

@@ -1,11 +1,13 @@
-"""The README's commands are promises: every `python run.py …` and `make …` line of its ```bash blocks
-runs here as a user types it, with overrides appended that shrink it, and leaves what it promises.
+"""The documentation's commands are promises: every `python run.py …` and `make …` line of the ```bash
+blocks of the README and of every page of the site (docs/*.md, in mkdocs.yml's nav order) runs here as a
+user types it, with overrides appended that shrink it, and leaves what it promises.
 
-Each block runs top to bottom on a fresh store, as a user would type it (so `make compare` sees the
-sweeps above it); two sections run side by side. The sections from LATER on run in
-tests/test_readme_later.py, the same test in a file of its own. A command the README gains must get a
-promise below, or a reason to skip, the day it is written: `test_every_readme_command_has_a_promise`
-fails until it has one.
+A section is a heading: its blocks run top to bottom on a fresh store, as a user would type them (so
+`make compare` sees the sweeps above it); two sections run side by side. A section that the README and
+a page both show (the newcomer's path, on the README and on "Getting started") is one section: a
+command it shows twice runs once. The sections from LATER on run in tests/test_readme_later.py, the
+same test in a file of its own. A command the documentation gains must get a promise below, or a
+reason to skip, the day it is written: `test_every_readme_command_has_a_promise` fails until it has one.
 """
 
 import functools
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import ROOT, all_runs, patience, small, store, wait_for
 from imagefiles import write_image_folder
@@ -36,7 +39,7 @@ pytestmark = pytest.mark.slow
 class Promise:
     jobs: int = 0  # job runs the command adds, every one FINISHED; a sweep's: with those it reused
     sweeps: int = 0  # sweep parent runs it adds, FINISHED, each with its jobs as children
-    names: tuple[str, ...] = ()  # the added jobs' run names, sorted, where the README names them
+    names: tuple[str, ...] = ()  # the added jobs' run names, sorted, where the page names them
     output: tuple[str, ...] = ()  # what its standard output shows
     resumes: bool = False  # continues the killed run it is given as <run_id>
     params: tuple[tuple[str, str], ...] = ()  # (param, value) every job it trained logged
@@ -67,7 +70,7 @@ PROMISES = {
     "python run.py model=cnn3 activation=tanh train.epochs=10": Promise(
         jobs=1, names=seeded(["cnn3-tanh-sgd"])
     ),
-    # the design card's line, verbatim
+    # the design card's line, verbatim (the README and "Getting started")
     "python run.py model=cnn3 -m activation=relu,tanh": Promise(jobs=2, sweeps=1, names=seeded(CARD)),
     'make run ARGS="model=cnn3 -m activation=relu,tanh"': Promise(jobs=2, sweeps=1, names=seeded(CARD)),
     "python run.py model=cnn3 -m activation=relu,tanh seeds=3": Promise(
@@ -188,7 +191,7 @@ PROMISES = {
     "python run.py tracking.register=fashion-mlp tracking.system_metrics=true": Promise(
         jobs=1, names=seeded(["mlp-relu-sgd"])
     ),
-    # a module and a config folder of one's own (~/mywork, written from the README's own blocks)
+    # a module and a config folder of one's own (~/mywork, written from docs/own.md's own blocks)
     "python run.py --config-dir ~/mywork/conf model=lenet mode=inspect": Promise(
         output=("LeNet", "Total params: 61,706")
     ),
@@ -213,22 +216,25 @@ SKIPS = {
     ("Two commands", "make test"): "this test runs inside it",
     ("Compare in three steps", "make ui"): "serves until stopped; tests/test_ui.py drives the UI in Chromium",
     ("Running experiments", "make ui"): "serves until stopped; tests/test_ui.py drives the UI in Chromium",
+    ("Where to go next", "make docs"): "serves until stopped; tests/test_docs.py builds the site with "
+    "--strict and opens it in Chromium",
     (
-        "Scaling out",
+        "Slurm clusters",
         "python run.py +experiment=architectures hydra/launcher=slurm device=cuda "
         "hydra.launcher.partition=gpu hydra.launcher.timeout_min=60",
     ): "needs a GPU partition; in tests/test_slurm.py the CPU-only node refuses device=cuda's GPU",
     (
-        "Scaling out",
+        "A team MLflow server",
         'make server HOST=0.0.0.0 ARGS="--allowed-hosts mlflow-host:5000"',
     ): "needs PostgreSQL at db-host; test_server.py starts one, with the basic-auth app",
-    ("Scaling out", "make sweep-architectures"): "tracks to the team server at mlflow-host exported above",
-    ("Scaling out", "make compare"): "reads the team server at mlflow-host exported above",
+    ("A team MLflow server", "make sweep-architectures"): "tracks to the team server at mlflow-host "
+    "exported above",
+    ("A team MLflow server", "make compare"): "reads the team server at mlflow-host exported above",
     # a ```python block, by its first line
-    ("From a notebook", "import archbench"): "tests/test_api.py runs it, each call with the shrinking "
-    "overrides appended, and checks what each line promises",
+    ("The notebook and the Python API", "import archbench"): "tests/test_api.py runs it, each call with "
+    "the shrinking overrides appended, and checks what each line promises",
     (
-        "Scaling out",
+        "A team MLflow server",
         "from mlflow.server import get_app_client  # run with MLFLOW_TRACKING_USERNAME=admin and "
         "its password",
     ): "needs the team server at mlflow-host; tests/test_server.py adds users and grants EDIT "
@@ -238,8 +244,16 @@ SKIPS = {
 TRAINING_TARGETS = {"run", "sweep-activations", "sweep-architectures", "search"}
 
 
+def pages() -> list[Path]:
+    """The documentation a user reads, in order: the README, then the site's pages as mkdocs.yml's nav
+    lists them (a page left out of the nav fails `mkdocs build --strict` in tests/test_docs.py)."""
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]
+    return [ROOT / "README.md", *(ROOT / "docs" / page for entry in nav for page in entry.values())]
+
+
 def readme_commands() -> list[tuple[str, str]]:
-    """(section, command) for every `python run.py`/`make` line of the README's bash blocks, in order."""
+    """(section, command) for every `python run.py`/`make` line of the documentation's bash blocks, in
+    order; a section's command shown again (on the README and a page) counts once."""
     return [(section, command) for section, command, _ in _readme_lines()]
 
 
@@ -249,10 +263,19 @@ def readme_exports(section: str, command: str) -> dict[str, str]:
     return next(exports for s, c, exports in _readme_lines() if (s, c) == (section, command))
 
 
-@functools.cache  # the README as the session found it: part() and steps() ask for it per command
+@functools.cache  # the pages as the session found them: part() and steps() ask for them per command
 def _readme_lines() -> tuple[tuple[str, str, dict[str, str]], ...]:
+    found = {}  # (section, command) -> exports: the first time a section shows a command
+    for page in pages():
+        for section, command, exports in _page_lines(page):
+            found.setdefault((section, command), exports)
+    return tuple((section, command, exports) for (section, command), exports in found.items())
+
+
+def _page_lines(page: Path) -> list[tuple[str, str, dict[str, str]]]:
+    """(section, command, exports) for every `python run.py`/`make` line of one page's bash blocks."""
     found, section, block, other, exports = [], "", None, False, {}
-    for line in (ROOT / "README.md").read_text().splitlines():
+    for line in page.read_text().splitlines():
         if block is None:
             if other or (line.strip().startswith("```") and line.strip() != "```bash"):
                 other = not (other and line.strip() == "```")  # a python or yaml block: not headings
@@ -274,13 +297,13 @@ def _readme_lines() -> tuple[tuple[str, str, dict[str, str]], ...]:
                     typed = re.sub(r"\s+#.*$", "", part.strip())  # as shown, without its comment
                     found.append((section, re.sub(r"\s+", " ", typed), exports))
             block = ""
-    return tuple(found)
+    return found
 
 
 def readme_python_blocks() -> list[tuple[str, str]]:
-    """(section, code) for every ```python block of the README, dedented (they sit in list items)."""
+    """(section, code) for every ```python block of the documentation, dedented (they sit in list items)."""
     found, section, block = [], "", None
-    for line in (ROOT / "README.md").read_text().splitlines():
+    for line in "\n".join(page.read_text() for page in pages()).splitlines():
         if block is None:
             if line.startswith("#"):
                 section = line.lstrip("#").strip()
@@ -306,8 +329,8 @@ def readme_python() -> list[tuple[str, str]]:
 
 
 def readme_files() -> dict[str, str]:
-    """The README's files for a user to write: each code block whose first line is `# ~/path`."""
-    text = (ROOT / "README.md").read_text()
+    """The documentation's files for a user to write: each code block whose first line is `# ~/path`."""
+    text = "\n".join(page.read_text() for page in pages())
     blocks = re.findall(r"^( *)```(?:python|yaml)\n((?:\1.*\n)*?)\1```$", text, re.M)
     found = {}
     for _, body in blocks:
@@ -319,9 +342,9 @@ def readme_files() -> dict[str, str]:
 
 
 def own_work(home: Path) -> None:
-    """What "Your own network and data" asks a user to make in ~/mywork: the README's files, written as
+    """What "Your own network and data" asks a user to make in ~/mywork: the page's files, written as
     shown, and a folder of images (three classes of generated PNGs, 80 + 20 each, another size and
-    mode than the input_shape the README asks for)."""
+    mode than the input_shape the page asks for)."""
     for path, text in readme_files().items():
         (home / path[2:]).parent.mkdir(parents=True, exist_ok=True)
         (home / path[2:]).write_text(text)
@@ -341,13 +364,13 @@ def test_every_readme_command_has_a_promise():
     commands = readme_commands()
     assert "python run.py model=cnn3 -m activation=relu,tanh" in [c for _, c in commands]  # the card's
     unknown = [c for s, c in commands if c not in PROMISES and (s, c) not in SKIPS]
-    assert not unknown, f"README commands with no promise in tests/test_readme.py: {unknown}"
+    assert not unknown, f"documented commands with no promise in tests/test_readme.py: {unknown}"
     stale = set(PROMISES) - {c for _, c in commands}
     firsts = [(s, code.splitlines()[0]) for s, code in readme_python_blocks()]
     stale |= {k for k in SKIPS if k not in commands and k not in firsts}
-    assert not stale, f"promises for commands the README no longer has: {stale}"
+    assert not stale, f"promises for commands the documentation no longer has: {stale}"
     # every section runs in one of the two files: the ones above LATER here, the rest there
-    assert LATER in {s for s, _ in commands}, f"no README section {LATER!r} for test_readme_later.py"
+    assert LATER in {s for s, _ in commands}, f"no section {LATER!r} for test_readme_later.py"
     here, there = ({p.values[0] for p in sections(x)} for x in (False, True))
     assert here and there and not here & there, (here, there)
 
@@ -422,18 +445,22 @@ def part(section: str, command: str) -> str:
     return name + SLURM if "hydra/launcher=slurm" in command.split() else name
 
 
-# The README's sections from this one on run in tests/test_readme_later.py. With --dist loadfile a file
-# runs on one pytest-xdist worker: as two files, the two halves (about equal: 2 minutes each alone on 2
-# cores, where the one file took 4.3) can run on both workers at once, not one after the other on one.
-# A test per step (command or python block) says which one failed, and puts both files early in
-# xdist's queue, which hands out the files with the most tests first: the longest files start first
-LATER = "Your own network and data"
+# The documentation's sections from this one on (in pages()' order) run in tests/test_readme_later.py.
+# With --dist loadfile a file runs on one pytest-xdist worker: as two files, the two halves (about equal:
+# 2 minutes each alone on 2 cores, where the one file took 4.3) can run on both workers at once, not one
+# after the other on one. A test per step (command or python block) says which one failed, and puts both
+# files early in xdist's queue, which hands out the files with the most tests first: the longest files
+# start first. The Optuna searches of "Comparisons" go with the later half: the two halves side by side
+# on a shared 2-core machine took 320 s and 205 s with the searches in the first, 392 s and 302 s (a
+# busier machine) with them in the later
+LATER = "Hyperparameter search"
 
 
 def later(section: str) -> bool:
-    """Whether a README section runs in tests/test_readme_later.py: it is LATER or below it."""
-    headings = re.findall(r"^#+\s*(.*?)\s*$", (ROOT / "README.md").read_text(), re.M)
-    assert LATER in headings, f"test_readme.LATER: no section {LATER!r} in the README"
+    """Whether a section runs in tests/test_readme_later.py: it is LATER or below it (in pages())."""
+    text = "\n".join(re.sub(r"^```.*?^```", "", page.read_text(), flags=re.M | re.S) for page in pages())
+    headings = re.findall(r"^#+\s*(.*?)\s*$", text, re.M)  # not a code block's comments
+    assert LATER in headings, f"test_readme.LATER: no section {LATER!r} in the documentation"
     return headings.index(section) >= headings.index(LATER)
 
 
@@ -444,7 +471,7 @@ def steps(name: str) -> list[str]:
 
 
 def sections(in_later: bool = False) -> list:
-    """(part, step) for every step of the parts this file tests, in README order, a test each;
+    """(part, step) for every step of the parts this file tests, in the documentation's order, a test each;
     `in_later`: those of tests/test_readme_later.py."""
     seen = []
     for section, command in readme_commands() + readme_python():
@@ -542,7 +569,7 @@ def run_section(section: str, tmp_path: Path, cluster: dict | None, passed: list
     for n, command in enumerate(commands):
         promise = PROMISES[command]
         own = next(s for s, c in readme_commands() if part(s, c) == section and c == command)
-        typed = readme_exports(own, command)  # the README's own section
+        typed = readme_exports(own, command)  # the command's own section
         exported = {k: as_bash(v, env) for k, v in typed.items()}
         exported.pop("MLFLOW_TRACKING_URI", None)  # the store stays this test's own
         words = [as_bash(w, env) for w in shlex.split(command)]
@@ -604,16 +631,16 @@ def run_section(section: str, tmp_path: Path, cluster: dict | None, passed: list
 
 
 def run_python(code: str, tmp_path: Path, env: dict) -> None:
-    """A README python block as a user runs it in the project folder, with `images` their own: here the
-    latest job run's test images (synthetic: made again from the run's dataset params). Its predictions
-    must give the run's test accuracy."""
+    """A python block of the documentation as a user runs it in the project folder, with `images` their
+    own: here the latest job run's test images (synthetic: made again from the run's dataset params).
+    Its predictions must give the run's test accuracy."""
     from archbench.data import SyntheticSource
 
     latest = max(
         (r for r in all_runs(tmp_path) if "configuration" in r.data.tags), key=lambda r: r.info.start_time
     )
     p = latest.data.params
-    assert p["dataset"] == "synthetic", "the README test's runs are shrunk to synthetic data"
+    assert p["dataset"] == "synthetic", "the documentation test's runs are shrunk to synthetic data"
     shape, sizes = (
         json.loads(p["dataset.input_shape"]),
         (int(p["dataset.train_size"]), int(p["dataset.test_size"])),

@@ -1,6 +1,6 @@
-"""The README's promises from its section test_readme.LATER ("Your own network and data") on: the test
-of tests/test_readme.py, in a file of its own so that pytest-xdist, which runs a file on one worker
-(--dist loadfile), runs the README's two halves on both workers at once."""
+"""The documentation's promises from its section test_readme.LATER ("Hyperparameter search") on:
+the test of tests/test_readme.py, in a file of its own so that pytest-xdist, which runs a file on one
+worker (--dist loadfile), runs the two halves on both workers at once."""
 
 import pytest
 

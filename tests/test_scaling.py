@@ -15,7 +15,7 @@ def sweep_runs(tmp_path):
     return parent, children
 
 
-# submitit_local's sweep is the README's own command under "Scaling out" (tests/test_readme.py)
+# submitit_local's sweep is a command of docs/scaling.md ("Slurm clusters"), run by tests/test_readme.py
 
 
 def slurm_preset(*overrides: str):

@@ -50,7 +50,7 @@ def test_presets_are_the_course_comparisons_over_seeds(preset, sweeps, seeds):
 
 @pytest.mark.slow
 def test_parent_run_holds_the_comparison(tmp_path):
-    # with joblib's launcher: the README's "Parallel sweeps" command (tests/test_readme.py)
+    # with joblib's launcher: the "Parallel sweeps" command of docs/speed.md (tests/test_readme.py)
     assert not (tmp_path / "mlruns").exists()  # a fresh store: no database file yet
     result = run_py(tmp_path, "-m", "activation=relu,tanh,sigmoid", "seeds=2", "dataset.train_size=500")
     assert result.returncode == 0, result.stderr

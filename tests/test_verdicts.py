@@ -21,7 +21,7 @@ from archbench.compare.verdicts import EQUIVALENT, WORSE, Plan, compare
 
 DRAWS = 2000
 SEED_SD, RUN_SD = 0.0015, 0.0020
-SIGMOID_GAP = -0.019  # sigmoid against relu, 5 epochs (README's Results)
+SIGMOID_GAP = -0.019  # sigmoid against relu, 5 epochs (docs/results.md)
 RATES: dict[str, str] = {}  # printed at the end of the module
 
 
