@@ -105,6 +105,9 @@ def child(argv: list[str], kill: tuple[int, str] | None, record: Path | None = N
         global kill_at
         kill_at = kill
         code = 0
+        from archbench import exiting
+
+        exiting.now = lambda code=0: None  # run.py ends its process at once; this one records first
         try:
             sys.argv = ["run.py", *argv]
             runpy.run_path(str(ROOT / "run.py"), run_name="__main__")
