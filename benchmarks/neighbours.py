@@ -1,6 +1,8 @@
 """A job beside other work, in one run: `python run.py` alone, beside a second one started at the same
-moment, and beside a foreign CPU-bound process, under archbench's thread policy (archbench/cpus.py)
-and under the old one (2 threads each, OpenMP's default spin-waiting).
+moment, and beside a foreign CPU-bound process, under archbench's thread policy (archbench/cpus.py),
+under the same lease with a bounded spin instead of the passive wait (libgomp's GOMP_SPINCOUNT: a
+waiting thread spins that many times, then sleeps), and under the old policy (2 threads each,
+OpenMP's default spin-waiting).
 
     python benchmarks/neighbours.py                     # Fashion-MNIST, mlp, 3 epochs
     python benchmarks/neighbours.py --data synthetic --train-size 2000 --epochs 1
@@ -22,16 +24,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from table import publish  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-# the old policy: 2 threads, and OpenMP's own default wait (an empty value is no policy to libgomp)
-POLICIES = {"archbench (lease, passive wait)": {}, "old (2 threads each, spin-wait)": {"OMP_WAIT_POLICY": ""}}
+# an empty OMP_WAIT_POLICY is no policy to libgomp: its own default wait, or GOMP_SPINCOUNT's bound
+POLICIES = {
+    "archbench (lease, passive wait)": {},
+    "spin1k (lease, GOMP_SPINCOUNT=1000)": {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "1000"},
+    "spin10k (lease, GOMP_SPINCOUNT=10000)": {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "10000"},
+    "spin100k (lease, GOMP_SPINCOUNT=100000)": {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "100000"},
+    "old (2 threads each, spin-wait)": {"OMP_WAIT_POLICY": ""},  # and train.threads=2: no lease
+}
 BUSY = "while True: pass"  # a foreign CPU-bound process
 
 
-def start(args, folder: Path, env: dict) -> subprocess.Popen:
+def start(args, folder: Path, name: str, env: dict) -> subprocess.Popen:
     overrides = [f"dataset={args.data}", f"train.epochs={args.epochs}", "train.progress=false"]
     if args.data == "synthetic":
         overrides.append(f"dataset.train_size={args.train_size}")
-    if "OMP_WAIT_POLICY" in env:
+    if name.startswith("old"):
         overrides.append("train.threads=2")
     overrides += [f"tracking.uri=sqlite:///{folder}/mlflow.db", f"hydra.run.dir={folder}/run"]
     return subprocess.Popen(
@@ -51,7 +59,7 @@ def together(args, tmp: Path, name: str, env: dict, jobs: int, foreign: bool) ->
     folders = [tmp / f"policy{tag}-{jobs}jobs-{'busy' if foreign else 'quiet'}-{i}" for i in range(jobs)]
     busy = subprocess.Popen([sys.executable, "-c", BUSY]) if foreign else None
     try:
-        started = [start(args, f, env) for f in folders]
+        started = [start(args, f, name, env) for f in folders]
         for process in started:
             _, err = process.communicate()
             assert process.returncode == 0, err[-2000:]
@@ -69,7 +77,7 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=2000, help="synthetic data: training samples")
     parser.add_argument(
         "--policy", choices=[n.split()[0] for n in POLICIES], action="append",
-        help="only this policy (again for more); default: both",
+        help="only this policy (again for more); default: all",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "neighbours.md")
     args = parser.parse_args()
