@@ -62,21 +62,6 @@ with torch.no_grad():
 """
 
 
-def archbench_run(data: str, folder: Path, prefix: list[str]) -> tuple[float, float, str]:
-    """(wall s, train_time_s, stderr) of `python run.py train.epochs=1` on a store of its own."""
-    uri = f"sqlite:///{folder}/mlflow.db"
-    args = ["run.py", "train.epochs=1", "train.threads=1", "train.progress=false", f"tracking.uri={uri}",
-            f"hydra.run.dir={folder}/run", *(["dataset=synthetic"] * (data == "synthetic"))]  # fmt: skip
-    tic = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, *prefix, *args], cwd=ROOT, check=True, capture_output=True, text=True
-    )
-    wall = time.perf_counter() - tic
-    with sqlite3.connect(f"{folder}/mlflow.db") as db:
-        (train,) = db.execute("select value from latest_metrics where key = 'train_time_s'").fetchone()
-    return wall, train, done.stderr
-
-
 # What a user runs, shrunk by nothing but the scenario's own overrides: (name, arguments after python).
 SCENARIOS = {
     "one": ("one run, 1 epoch, 1 thread", ["run.py", "train.epochs=1", "train.threads=1"]),
@@ -93,8 +78,11 @@ SCENARIOS = {
 }
 
 
-def scenario(tree: Path, key: str, data: str, folder: Path, store: Path) -> tuple[float, float | None]:
-    """(wall s, training s per core) of one scenario run in `tree` on the store `store`."""
+def scenario(
+    tree: Path, key: str, data: str, folder: Path, store: Path, prefix=()
+) -> tuple[float, float | None, str]:
+    """(wall s, training s per core, stderr) of one scenario run in `tree` on the store `store`;
+    `prefix`: Python's own options before it (-X importtime, -m cProfile -o FILE)."""
     name, args = SCENARIOS[key]
     uri = f"sqlite:///{store}"
     if key == "report":
@@ -105,15 +93,22 @@ def scenario(tree: Path, key: str, data: str, folder: Path, store: Path) -> tupl
                 *(["dataset=synthetic"] * (data == "synthetic"))]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(tree / "src")}  # the tree's archbench, not the installed one
     tic = time.perf_counter()
-    subprocess.run([sys.executable, *args], cwd=tree, env=env, check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, *prefix, *args], cwd=tree, env=env, check=True, capture_output=True, text=True
+    )
     wall = time.perf_counter() - tic
     if key == "report":
-        return wall, None
+        return wall, None, done.stderr
     with sqlite3.connect(store) as db:
         (train,) = db.execute("select sum(value) from latest_metrics where key = 'train_time_s'").fetchone()
         (jobs,) = db.execute("select count(*) from latest_metrics where key = 'train_time_s'").fetchone()
     cores = 1 if key == "one" else min(len(os.sched_getaffinity(0)), jobs)  # a sweep's jobs: 1 thread each
-    return wall, train / cores
+    return wall, train / cores, done.stderr
+
+
+def archbench_run(data: str, folder: Path, prefix=()) -> tuple[float, float, str]:
+    """(wall s, train_time_s, stderr) of `python run.py train.epochs=1 train.threads=1` in this tree."""
+    return scenario(ROOT, "one", data, folder, folder / "mlflow.db", prefix)
 
 
 def sweeps(keys: list[str], against: str | None, data: str, tmp: Path) -> list[str]:
@@ -140,7 +135,7 @@ def sweeps(keys: list[str], against: str | None, data: str, tmp: Path) -> list[s
                 store = tmp / f"{'activations1' if key == 'report' else key}-{i}.db"
                 if key == "report" and not store.exists():  # the report reads the 1-epoch preset's runs
                     scenario(tree, "activations1", data, tmp / f"for-report-{i}", store)
-                wall, train = scenario(tree, key, data, tmp / f"{key}-{i}", store)
+                wall, train, _ = scenario(tree, key, data, tmp / f"{key}-{i}", store)
                 cells = (
                     ["—", "—", "—"]
                     if train is None
@@ -173,14 +168,14 @@ def main() -> None:
     rows = {"plain": [], "archbench": []}
     with tempfile.TemporaryDirectory() as tmp:
         first = sweeps(args.sweeps, args.against, args.data, Path(tmp)) if args.sweeps else []
-        archbench_run(args.data, Path(tmp) / "warm", [])  # the decoded-data cache and the store template
+        archbench_run(args.data, Path(tmp) / "warm")  # the decoded-data cache and the store template
         for r in range(args.repeats):  # interleaved: a load that comes and goes hits both alike
             tic = time.perf_counter()
             out = subprocess.run(
                 [sys.executable, "-c", PLAIN, source], check=True, capture_output=True, text=True
             )
             rows["plain"].append((time.perf_counter() - tic, float(out.stdout.split()[0])))
-            rows["archbench"].append(archbench_run(args.data, Path(tmp) / f"r{r}", [])[:2])
+            rows["archbench"].append(archbench_run(args.data, Path(tmp) / f"r{r}")[:2])
         imports = archbench_run(args.data, Path(tmp) / "imports", ["-X", "importtime"])[2]
         profile = Path(tmp) / "run.prof"
         archbench_run(args.data, Path(tmp) / "prof", ["-m", "cProfile", "-o", str(profile)])
