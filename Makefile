@@ -57,7 +57,7 @@ search: install ## Optuna search of lr and batch size on a validation split: ARG
 	$(PY) run.py +search=lr_batch $(ARGS)
 
 compare: install ## the latest sweep's comparison table and chart: ARGS="--parent RUN_ID"
-	$(PY) -m archbench.compare.report --tracking-uri '$(TRACKING_URI)' $(ARGS)
+	$(PY) -m archbench.report --tracking-uri '$(TRACKING_URI)' $(ARGS)
 
 ui: install ## the MLflow UI on http://127.0.0.1:5000 (PORT=..., HOST=0.0.0.0 to share it)
 	$(PY) -m mlflow ui --backend-store-uri '$(TRACKING_URI)' --host $(HOST) --port $(PORT)
@@ -100,8 +100,9 @@ test: install test-deps ## every test, end-to-end ones included (WORKERS=1: one 
 test-fast: install ## the quick tests only (no browser, server, Slurm or real-data sweeps)
 	$(PY) -m pytest -n $(WORKERS) --dist loadfile -m "not slow and not browser and not postgres and not slurm" $(ARGS)
 
-lint: install ## ruff
+lint: install ## ruff, and import-linter's layers (pyproject.toml)
 	$(PY) -m ruff check src tests benchmarks run.py
+	$(VENV)/bin/lint-imports --no-cache
 
 clean: ## remove outputs/ (the MLflow store in mlruns/ is kept)
 	rm -rf outputs .pytest_cache

@@ -74,7 +74,7 @@ SCENARIOS = {
         "tuned: relu vs sigmoid, tune=lr, 2 seeds, 1 epoch",
         ["run.py", "-m", "activation=relu,sigmoid", "tune=lr", "seeds=2", "train.epochs=1"],
     ),
-    "report": ("report: --experiment of the 1-epoch preset's 15 runs", ["-m", "archbench.compare.report"]),
+    "report": ("report: --experiment of the 1-epoch preset's 15 runs", ["-m", "archbench.report"]),
 }
 
 

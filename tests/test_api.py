@@ -140,7 +140,7 @@ def test_the_readmes_python_calls_do_what_it_says(tmp_path, monkeypatch):
     assert "2,512" in scope["counts"].text
 
 
-CELL = '''
+CELL = """
 import torch
 from torch import nn
 
@@ -165,7 +165,7 @@ class Tiny(nn.Module):
 class CNN2(Tiny):
     def forward(self, x):
         return self.net(x)
-'''
+"""
 
 
 def cell_class(tmp_path, name: str) -> type:

@@ -16,5 +16,5 @@ def loaded_after(module: str) -> set[str]:
 def test_the_report_and_the_config_checks_load_no_torch():
     # `make compare` and its --help print a table: torch (2-4 s of imports) is never used there
     # nor reading a run's predictions back, which every comparison does
-    for module in ("archbench.compare.report", "archbench.config", "archbench.tracking.predictions"):
+    for module in ("archbench.report", "archbench.config", "archbench.tracking.predictions"):
         assert "torch" not in loaded_after(module), module

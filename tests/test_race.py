@@ -13,8 +13,8 @@ import torch
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from archbench.compare import race
-from archbench.compare.race import Race
+from archbench.sweeps import race
+from archbench.sweeps.race import Race
 from conftest import ROOT, all_runs, patience, run_py, shrunk, store, wait_for
 
 
@@ -140,7 +140,7 @@ def test_a_margin_asked_for_below_the_floor_is_one_line(tmp_path, caplog, asked)
     launcher.folder = tmp_path / "jobs"
     cfg = config(tmp_path)
     cfg.hydra.overrides = {"task": ["x=a,b", *(["compare.margin=0.005"] if asked else [])]}
-    with caplog.at_level("WARNING", logger="archbench.compare.race"):
+    with caplog.at_level("WARNING", logger="archbench.sweeps.race"):
         Race(cfg, launcher, [["x=a"], ["x=b"]]).run()
     said = [r.getMessage() for r in caplog.records if "floor" in r.getMessage()]
     if not asked:  # the default margin: the verdict (open: this test set cannot settle it) says it

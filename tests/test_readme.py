@@ -589,7 +589,7 @@ def run_section(section: str, tmp_path: Path, cluster: dict | None, passed: list
         new = [r for r in runs if r.info.run_id not in before]
         parents = [r for r in new if r.data.tags.get("archbench.sweep") == "parent"]
         created = [r for r in new if r not in parents]
-        # a sweep's runs: those it trained and those of earlier sweeps it reused (tracking/reuse.py)
+        # a sweep's runs: those it trained and those of earlier sweeps it reused (sweeps/reuse.py)
         used = {f"archbench.used_by.{p.info.run_id}" for p in parents}
         jobs = created + [r for r in runs if r not in new and used & set(r.data.tags)]
         assert len(parents) == promise.sweeps, command

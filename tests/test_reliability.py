@@ -15,7 +15,8 @@ import time
 import pytest
 import torch
 
-from archbench.tracking import reuse, runs
+from archbench.sweeps import reuse
+from archbench.tracking import runs
 from conftest import ROOT, all_runs, patience, run_py, small, store
 
 EPOCHS = 3

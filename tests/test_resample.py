@@ -12,8 +12,10 @@ from hydra.utils import instantiate
 
 from archbench import splits
 from archbench.app import main
-from archbench.compare import report, table
-from archbench.compare.stats import RESAMPLED
+from archbench.comparing import table
+from archbench.comparing.comparison import Comparison
+from archbench.comparing.stats import RESAMPLED
+from archbench.tracking import tables
 from archbench.tracking.predictions import PREDICTIONS, read_predictions
 from conftest import all_runs, compose_job, store
 
@@ -65,14 +67,14 @@ def test_one_seed_has_one_partition_for_every_configuration_and_each_seed_anothe
 
 def test_its_comparison_leans_on_the_seeds_which_carry_the_test_sample(resampled):
     client = store(resampled)
-    runs = report.experiment_runs(client, client.get_experiment_by_name("archbench").experiment_id)
+    runs = tables.experiment_runs(client, client.get_experiment_by_name("archbench").experiment_id)
     assert runs.resampled.all()
     # the predictions name each example by its index in the pool: not one test set to cross with seeds
     run_id = runs.run_id.iloc[0]
     path = Path(client.download_artifacts(run_id, PREDICTIONS, str(resampled / "dl")))
     assert read_predictions(path) is None
-    assert report.predictions(client, runs) == {}
-    comp = report.Comparison.of(runs, "experiment archbench", correct=report.predictions(client, runs))
+    assert tables.predictions(client, runs) == {}
+    comp = Comparison.of(runs, "experiment archbench", correct=tables.predictions(client, runs))
     assert set(comp.summary.sources) == {RESAMPLED}
     assert "dataset.resample=true" in table.markdown(comp) and "not those of the official" in table.markdown(
         comp

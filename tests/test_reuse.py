@@ -1,4 +1,4 @@
-"""Sweeps and races that pick up where they stopped (tracking/reuse.py, identity.py): the same command
+"""Sweeps and races that pick up where they stopped (sweeps/reuse.py, identity.py): the same command
 run again trains only what the store does not hold, as users type it."""
 
 import os
@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from archbench import identity
-from archbench.tracking.reuse import ReusingLauncher
+from archbench.sweeps.reuse import ReusingLauncher
 from conftest import ROOT, all_runs, compose_job, environment, patience, run_py, shrunk, store, wait_for
 
 START = "reusing {} finished runs, resuming {}, training {} (sweep.reuse=false trains all)"

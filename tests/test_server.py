@@ -211,7 +211,7 @@ def test_sweep_runs_land_in_postgres(postgres, server, sweep, tmp_path, monkeypa
 
 def test_report_reads_the_sweep_back(server, sweep, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "archbench.compare.report", "--tracking-uri", server.url,
+        [sys.executable, "-m", "archbench.report", "--tracking-uri", server.url,
          "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=patience(120),
         env={**os.environ, **signed_in("alice")},
@@ -401,13 +401,13 @@ def test_slurm_jobs_sign_in_as_the_user_who_submitted_them(server, slurm_cluster
 
 
 def test_of_sweeps_claiming_one_stopped_run_at_once_exactly_one_wins(postgres, server, sweep, monkeypatch):
-    """The claim (tracking/reuse.py) through the team server and on its PostgreSQL directly: a param
+    """The claim (sweeps/reuse.py) through the team server and on its PostgreSQL directly: a param
     is write-once in the store, so of eight claims written at the same moment one succeeds."""
     import threading
 
     import mlflow
 
-    from archbench.tracking import reuse
+    from archbench.sweeps import reuse
 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", USERS["alice"])

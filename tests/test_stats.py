@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from archbench.compare import stats
+from archbench.comparing import stats
 
 T_975_2 = 4.302652729749462  # Student's t, 97.5th percentile, 2 degrees of freedom (tables: 4.303)
 T_975_4 = 2.7764451051977934  # 4 degrees of freedom (tables: 2.776)

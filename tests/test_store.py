@@ -94,7 +94,7 @@ def test_everything_started_at_once_succeeds_and_the_store_stays_readable(tmp_pa
     # seed 7: not the single runs' seed 0, which the sweep would reuse if one had finished by then
     processes.append(start(tmp_path, "-m", *args, "activation=relu,tanh", "seed=7"))
     report = ("--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path / "cmp"))
-    processes.append(start(tmp_path, *report, program=("-m", "archbench.compare.report")))
+    processes.append(start(tmp_path, *report, program=("-m", "archbench.report")))
     for process in processes[:-1]:
         out, err = process.communicate(timeout=patience(300))
         assert process.returncode == 0, err[-3000:]
@@ -236,7 +236,7 @@ def test_a_read_only_store_is_one_line(tmp_path, small_disk):
     assert line.startswith(f"error: the MLflow store {db} is read-only"), line
     assert "attempt to write a readonly database" in line and "make it writable" in line
     # reading needs no lock file (none can be made there): the report reads it
-    report = start(tmp_path, "--tracking-uri", f"sqlite:///{db}", program=("-m", "archbench.compare.report"))
+    report = start(tmp_path, "--tracking-uri", f"sqlite:///{db}", program=("-m", "archbench.report"))
     _, err = report.communicate(timeout=patience(120))
     assert err.strip().endswith("no sweep recorded yet") and "Traceback" not in err, err
 

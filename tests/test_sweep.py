@@ -10,9 +10,11 @@ import torch
 from hydra import compose, initialize
 from scipy import stats
 
-from archbench import app
-from archbench.compare import report
-from archbench.compare.table import csv_text, markdown
+from archbench import app, report
+from archbench.comparing.comparison import Comparison
+from archbench.comparing.table import csv_text, markdown
+from archbench.sweeps import lookup
+from archbench.tracking import tables
 from archbench.tracking.runs import client
 from archbench.train import Trainer
 from conftest import ALL_CORES, all_runs, compose_job, run_py, store
@@ -180,7 +182,7 @@ def known_store(tmp_path):
 
 def test_report_per_configuration(tmp_path):
     mlflow_client, _, pid = known_store(tmp_path)
-    comp = report.Comparison.of(report.sweep_runs(mlflow_client, pid), "sweep-known")
+    comp = Comparison.of(tables.sweep_runs(mlflow_client, pid), "sweep-known")
     assert comp.title == "sweep-known: fashion_mnist, 2 epoch(s), 3 seeds per configuration"
     table = markdown(comp)
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
@@ -224,14 +226,14 @@ def test_more_seeds_later_add_to_the_evidence(tmp_path, capsys):
     # seeds 3 and 4, plus seed 0 of tanh again (a re-run): one seed, the mean of its two runs
     add_runs(mlflow_client, exp, second.info.run_id, {"tanh": [0.861, 0.869], "relu": [0.832, 0.838]}, [3, 4])
     add_runs(mlflow_client, exp, second.info.run_id, {"tanh": [0.862]}, [0])
-    comp = report.Comparison.of(report.experiment_runs(mlflow_client, exp), "experiment known")
+    comp = Comparison.of(tables.experiment_runs(mlflow_client, exp), "experiment known")
     s = comp.summary.set_index("configuration")
     assert s.loc["activation=tanh"].seeds == [0, 1, 2, 3, 4] and s.loc["activation=relu"].n == 5
     assert (s.loc["activation=tanh"].n, s.loc["activation=tanh"].runs) == (5, 6)
     seed0 = (0.860 + 0.862) / 2
     assert s.loc["activation=tanh"]["mean"] == pytest.approx((seed0 + 0.870 + 0.865 + 0.861 + 0.869) / 5)
     assert s.loc["activation=gelu"].test == "Welch"  # seeds 0-2 against tanh's 0-4
-    text = markdown(report.find(mlflow_client, None, "known")[0])
+    text = markdown(lookup.find(mlflow_client, None, "known")[0])
     assert "Seeds that ran more than once count once, as the mean of their runs (1 extra run here)." in text
     assert "Pooled across sweeps" in text
 
@@ -242,12 +244,12 @@ def test_one_run_with_a_validation_split_does_not_change_what_the_experiment_is_
     add_runs(mlflow_client, exp, search.info.run_id, {"tanh": [0.871]}, [7])
     (trial,) = [r for r in mlflow_client.search_runs([exp]) if r.data.params.get("seed") == "7"]
     mlflow_client.log_metric(trial.info.run_id, "val_accuracy", 0.88)  # a search trial's
-    comp = report.Comparison.of(report.experiment_runs(mlflow_client, exp), "experiment known")
+    comp = Comparison.of(tables.experiment_runs(mlflow_client, exp), "experiment known")
     assert comp.metric == "test_accuracy"
     s = comp.summary.set_index("configuration")
     assert s.loc["activation=tanh"].n == 4 and s.loc["activation=relu"].failed == 0
-    val_only = report.sweep_runs(mlflow_client, search.info.run_id)
-    assert report.Comparison.of(val_only, "sweep-lr_batch").metric == "val_accuracy"
+    val_only = tables.sweep_runs(mlflow_client, search.info.run_id)
+    assert Comparison.of(val_only, "sweep-lr_batch").metric == "val_accuracy"
 
 
 def test_report_says_when_there_is_nothing(tmp_path, capsys):
@@ -296,6 +298,6 @@ def test_debug_runs_are_marked_as_not_results(tmp_path):
     })  # fmt: skip
     mlflow_client.log_metric(debug.info.run_id, "test_accuracy", 0.5)
     mlflow_client.set_terminated(debug.info.run_id, "FINISHED")
-    table = markdown(report.Comparison.of(report.sweep_runs(mlflow_client, pid), "sweep-known"))
+    table = markdown(Comparison.of(tables.sweep_runs(mlflow_client, pid), "sweep-known"))
     assert "**Debug runs, not results** (activation=elu): shrunk by +debug or train.limit_batches." in table
     assert "| activation=elu (debug) | 1 |" in table

@@ -1,7 +1,7 @@
 """Fair comparisons (tune=lr): each configuration at its own tuned learning rate.
 
 The simulations run the very code that chooses a configuration's setting (archbench.tuning.choose)
-and gives the verdicts (archbench.compare.verdicts), with no training. Then the flow end to end on
+and gives the verdicts (archbench.comparing.verdicts), with no training. Then the flow end to end on
 synthetic data, as a user types it, and the refusals.
 """
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from archbench.compare.tuned import expected_best
-from archbench.compare.verdicts import EQUIVALENT, WORSE, Plan, compare
+from archbench.comparing.tuned import expected_best
+from archbench.comparing.verdicts import EQUIVALENT, WORSE, Plan, compare
 from archbench.tuning import choose
 from conftest import all_runs, run_py, store
 

@@ -1,5 +1,5 @@
 """Verdicts about the task, not only these test images: the test sample's own noise in the interval
-(archbench.compare.crossed), checked on real predictions, and the error rates and runs-to-verdict
+(archbench.comparing.crossed), checked on real predictions, and the error rates and runs-to-verdict
 of the whole procedure by simulation, with both sources of noise.
 
 Real data: tests/calibration/test-predictions.npz (a copy of ../shared/data's), the predicted class
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from archbench.compare import crossed
-from archbench.compare.verdicts import EQUIVALENT, FLOOR, MARGIN, WORSE, Plan, compare
+from archbench.comparing import crossed
+from archbench.comparing.verdicts import EQUIVALENT, FLOOR, MARGIN, WORSE, Plan, compare
 from test_verdicts import RATES, _print_rates, check_rate, draw, false_verdicts  # noqa: F401
 
 # a copy of ../shared/data/test-predictions.npz (tests/calibration/README.md says what it holds), so
@@ -236,7 +236,7 @@ def test_the_table_says_which_rows_cover_the_test_sample():
     before predictions were), every row compared with it falls back to "seeds only"."""
     import pandas as pd
 
-    from archbench.compare import stats
+    from archbench.comparing import stats
 
     runs = real_runs()
     names = {"activation=relu": "a=relu", "activation=tanh": "a=tanh", "activation=sigmoid": "a=sigmoid"}

@@ -14,7 +14,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.expected_conditions import element_to_be_clickable
 from selenium.webdriver.support.ui import WebDriverWait
 
-from archbench.compare import report
+from archbench.sweeps import lookup
 from archbench.tracking import views
 from conftest import all_runs, free_port, patience, run_py, stop_group, wait_for_health
 
@@ -64,7 +64,7 @@ def latest_sweep(uri: str) -> SimpleNamespace:
     import mlflow
 
     client = mlflow.MlflowClient(uri)
-    comp, parent_id, experiment = report.find(client, None, None)
+    comp, parent_id, experiment = lookup.find(client, None, None)
     parent = client.get_run(parent_id)
     children = [client.get_run(i) for i in comp.runs.run_id[comp.runs.status == "FINISHED"]]
     view, page = views.for_sweep(client, comp, parent_id, experiment), views.run_link(experiment, parent_id)

@@ -1,5 +1,5 @@
 """The comparison's error rates and power, measured by simulation on the very code that gives the
-report its verdicts (archbench.compare.verdicts), with no training: many comparisons at once.
+report its verdicts (archbench.comparing.verdicts), with no training: many comparisons at once.
 
 Noise model (as measured on Fashion-MNIST, 5-epoch mlp): a seed moves every configuration alike by
 N(0, 0.0015) (same initial weights, same batches), and each run adds its own N(0, 0.0020); in the
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from archbench.compare.verdicts import EQUIVALENT, WORSE, Plan, compare
+from archbench.comparing.verdicts import EQUIVALENT, WORSE, Plan, compare
 
 DRAWS = 2000
 SEED_SD, RUN_SD = 0.0015, 0.0020

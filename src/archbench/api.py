@@ -63,7 +63,7 @@ def sweep(*overrides: str) -> results.Comparison:
     or `seeds=auto` to race. Returns the sweep's comparison (`.table`, `.runs`, `.parent_id`)."""
     from hydra.types import RunMode
 
-    from archbench.tracking.sweep import MlflowSweep
+    from archbench.sweeps.callback import MlflowSweep
 
     overrides = list(overrides)
     started = len(MlflowSweep.started)
@@ -99,16 +99,16 @@ def compare(
     or of every job run of an experiment, from the store (`MLFLOW_TRACKING_URI` or the project's)."""
     import os
 
-    from archbench.compare import report
+    from archbench.sweeps import lookup
     from archbench.tracking import store
 
     uri = results.absolute_uri(
-        tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", report.DEFAULT_URI), ROOT
+        tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", lookup.DEFAULT_URI), ROOT
     )
     try:
         mlflow_client = store.client(uri)
-        comp, name, experiment_id = report.find(mlflow_client, parent, experiment)
-    except report.NothingToCompare as e:
+        comp, name, experiment_id = lookup.find(mlflow_client, parent, experiment)
+    except lookup.NothingToCompare as e:
         raise ArchbenchError(f"nothing to compare in {store.redact(uri)}: {e}") from None
     return results.Comparison(
         comp, mlflow_client, parent=None if experiment else name, experiment_id=experiment_id
@@ -146,8 +146,8 @@ class _JobsBar:
     def _watch(self) -> None:
         from tqdm.auto import tqdm
 
+        from archbench.sweeps.callback import FAILED_FILE, MlflowSweep
         from archbench.tracking.predictions import PREDICTIONS
-        from archbench.tracking.sweep import FAILED_FILE, MlflowSweep
 
         bar = None
         while True:

@@ -235,7 +235,7 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
         # the model (runs:/<id>/model), confusion matrix and accuracy per class
         predicted = trainer.predict(data.x_test)
         records.log_outcome(run, cfg, trainer.module, data, predicted, last, logged)
-    if sweep_dir() is not None:  # for a race, which reads them from the job's folder (compare/race.py)
+    if sweep_dir() is not None:  # for a race, which reads them from the job's folder (sweeps/race.py)
         folder = Path(HydraConfig.get().runtime.output_dir)
         records.write_predictions(folder / records.PREDICTIONS, data.y_test, predicted, data.test_index)
     final.update(totals)

@@ -19,6 +19,7 @@ NOT_CONFIGURATION = ("seed", "seeds", "tracking", "data_dir", "train.progress", 
 MODES = ("train", "inspect")
 HEADS = (None, "softmax", "log_softmax")
 INTERVALS = ("epoch", "batch")
+SPENDING = ("pocock", "obrien-fleming", "bonferroni")  # how a race's looks share alpha; the first: default
 MONITORS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy")  # never test_*: no peeking
 
 
@@ -300,19 +301,35 @@ def validate_sweep(config: DictConfig, seed_swept: bool) -> None:
     _number(config, "race.max_minutes", low=0, low_open=True, optional=True)
     if "futility" in config.race:
         _number(config, "race.futility", low=0, high=1)
-    from archbench.compare.verdicts import SPENDING  # numpy and scipy: only for a race
-
     spending = config.race.get("spending", SPENDING[0])
     if spending not in SPENDING:
         raise ConfigError(f"race.spending must be one of {', '.join(SPENDING)}, got {spending!r}")
+
+
+def specs(config: DictConfig) -> dict[str, DictConfig]:
+    """The tuned keys (`optimizer.lr`) and their grids' specs; none without `tune`. The specs nest as
+    the keys do (tune.params.optimizer.lr.step), so a command line can override them."""
+    found = {}
+
+    def walk(node, path):
+        if isinstance(node, DictConfig) and "step" in node:
+            found[path] = node
+        elif isinstance(node, DictConfig):
+            for name in node:
+                walk(node[name], f"{path}.{name}" if path else name)
+
+    walk(OmegaConf.select(config, "tune.params", default=None), "")
+    return found
+
+
+def keys(config: DictConfig) -> list[str]:
+    return list(specs(config))
 
 
 def _tune(config: DictConfig) -> None:
     """A tuned sweep's space and budget (conf/tune/), and what it may not sweep; a hint without it."""
     task = OmegaConf.to_container(config.hydra.overrides.task)
     given = {o.split("=", 1)[0].lstrip("+~"): o for o in task}
-    from archbench.tuning import specs
-
     params = specs(config)
     if not params:
         swept = [

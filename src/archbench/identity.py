@@ -8,7 +8,7 @@ A run is the same as an earlier one when both keys match:
   that the config names by `_target_` (an own network or dataset), and the torch version.
 
 The launching process computes them from each job's composed config before it launches anything
-(tracking/reuse.py), and each job records the same two on its run as tags.
+(sweeps/reuse.py), and each job records the same two on its run as tags.
 """
 
 import hashlib
@@ -19,8 +19,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from archbench.tracking.runs import BOOKKEEPING, flatten
-
+# Keys that say how or where a job ran, not what it trained: in config.yaml, not in the params, where
+# MLflow's runs table and compare page list them beside the configuration (51 params, with them).
+BOOKKEEPING = ("tracking", "train.progress", "train.checkpoint", "data_dir", "resume", "mode", "seeds",
+               "compare", "race", "sweep", "tune",
+               "dataset.system_dir", "dataset.torchvision_class",  # where the data is
+               "dataset.classes")  # fmt: skip
 CONFIG_TAG = "archbench.config_key"
 CODE_TAG = "archbench.code_version"
 # Not what a run trained: what its params leave out (where it is kept, how it showed, how a sweep
@@ -32,6 +36,21 @@ TRAINING_CODE = ("models.py", "train.py", "data.py", "splits.py", "images.py", "
 OWN_PACKAGES = ("archbench", "torch", "torchvision", "hydra", "omegaconf", "functools", "builtins")
 
 
+def dotted(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as dotted keys (`optimizer.lr`)."""
+    flat: dict[str, str] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
 def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -39,7 +58,7 @@ def _digest(value) -> str:
 def settings(cfg: DictConfig) -> dict[str, str]:
     """The composed config as dotted keys, resolved, without bookkeeping and Hydra's node."""
     job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])  # as the job gets it
-    return {k: v for k, v in flatten(job).items() if not _bookkeeping(k)}
+    return {k: v for k, v in dotted(job).items() if not _bookkeeping(k)}
 
 
 def _bookkeeping(key: str) -> bool:

@@ -80,7 +80,7 @@ class Comparison:
     """A sweep's (or an experiment's) comparison: `.table` (a row per configuration, best first),
     `.runs` (a row per run), `.parent_id`, the two UI links, and its charts on request."""
 
-    comp: object  # archbench.compare.report.Comparison
+    comp: object  # archbench.comparing.comparison.Comparison
     client: object = field(repr=False)  # an MlflowClient on its store
     parent: str | None = None  # the sweep's parent run; None for an experiment's
     experiment_id: str = ""
@@ -113,11 +113,11 @@ class Comparison:
     def ui_link(self) -> str:
         """The sweep's runs in the MLflow UI (`make ui`), grouped by configuration: a view saved
         with the experiment, once (every time the notebook shows the comparison reads it)."""
-        from archbench.compare import report
+        from archbench.sweeps import lookup
 
         name = self.parent or f"experiment-{self.experiment_id}"
         experiment = None if self.parent else self.client.get_experiment(self.experiment_id).name
-        return report.ui_link(self.client, self.comp, name, self.experiment_id, experiment)
+        return lookup.ui_link(self.client, self.comp, name, self.experiment_id, experiment)
 
     @property
     def comparison_link(self) -> str | None:
@@ -131,18 +131,21 @@ class Comparison:
         or "pareto" (accuracy against training time); a tuned sweep's "sensitivity" and "budget" too."""
         from IPython.display import Image
 
-        from archbench.compare import charts, report
+        from archbench.comparing import charts
+        from archbench.tracking import tables
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"{kind}.png"
             if kind == "accuracy":
                 charts.comparison(self.comp, path)
             elif kind == "curves":
-                charts.curves(self.comp, report.histories(self.client, self.comp), path)
+                charts.curves(
+                    self.comp, tables.histories(self.client, self.comp.runs, self.comp.metric), path
+                )
             elif kind == "pareto":
                 charts.pareto(self.comp, path)
             elif kind in ("sensitivity", "budget") and self.comp.tuning:
-                from archbench.compare import study_charts
+                from archbench.comparing import study_charts
 
                 getattr(study_charts, kind)(self.comp.tuning, self.comp.labels, path)
             else:
@@ -151,12 +154,12 @@ class Comparison:
             return Image(path.read_bytes(), format="png")
 
     def __repr__(self) -> str:
-        from archbench.compare import table
+        from archbench.comparing import table
 
         return table.markdown(self.comp)
 
     def _repr_html_(self) -> str:
-        from archbench.compare import table
+        from archbench.comparing import table
 
         links = f'<p><a href="{self.ui_link}">runs in the MLflow UI</a>'
         if self.parent:

@@ -29,34 +29,14 @@ from pathlib import Path
 
 import numpy as np
 from hydra.core.utils import JobStatus
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from archbench.config import ConfigError, configuration
+from archbench.config import ConfigError, configuration, keys, specs  # noqa: F401  (tuning.keys: the callers' name)
 
 log = logging.getLogger(__name__)
 
 RECORD = "tuning.json"  # in the sweep folder; the sweep callback puts it on the parent run
 ROLE_TAG, STUDY_TAG, TUNED_TAG = "archbench.role", "archbench.study", "archbench.tuned"
-
-
-def specs(config: DictConfig) -> dict[str, DictConfig]:
-    """The tuned keys (`optimizer.lr`) and their grids' specs; none without `tune`. The specs nest as
-    the keys do (tune.params.optimizer.lr.step), so a command line can override them."""
-    found = {}
-
-    def walk(node, path):
-        if isinstance(node, DictConfig) and "step" in node:
-            found[path] = node
-        elif isinstance(node, DictConfig):
-            for name in node:
-                walk(node[name], f"{path}.{name}" if path else name)
-
-    walk(OmegaConf.select(config, "tune.params", default=None), "")
-    return found
-
-
-def keys(config: DictConfig) -> list[str]:
-    return list(specs(config))
 
 
 @dataclass

@@ -1,2 +1,2 @@
 """Everything that talks to MLflow: runs (one per job), the store, what a run records, the logged
-model, and the sweep's parent run (a Hydra callback)."""
+model, and the store's runs read back into plain tables (tables.py)."""

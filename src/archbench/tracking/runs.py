@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from archbench.identity import BOOKKEEPING, dotted
 from archbench.tracking.store import client, redact
 
 log = logging.getLogger(__name__)
@@ -91,27 +92,12 @@ def experiment_id(mlflow_client, name: str) -> str:
 
 def flatten(cfg: DictConfig) -> dict[str, str]:
     """The resolved config as dotted keys (`optimizer.lr`), with credentials removed."""
-    flat: dict[str, str] = {}
-
-    def walk(node, prefix):
-        if isinstance(node, dict) and node:
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            flat[prefix[:-1]] = str(node)
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    flat = dotted(cfg)
     if "tracking.uri" in flat:
         flat["tracking.uri"] = redact(flat["tracking.uri"])
     return flat
 
 
-# Keys that say how or where a job ran, not what it trained: in config.yaml, not in the params, where
-# MLflow's runs table and compare page list them beside the configuration (51 params, with them).
-BOOKKEEPING = ("tracking", "train.progress", "train.checkpoint", "data_dir", "resume", "mode", "seeds",
-               "compare", "race", "sweep", "tune",
-               "dataset.system_dir", "dataset.torchvision_class",  # where the data is
-               "dataset.classes")  # fmt: skip
 HYDRA_KEYS = ("_target_", "_partial_")  # which class and how it is called: the group's choice says it
 
 

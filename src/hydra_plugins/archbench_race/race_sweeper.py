@@ -1,7 +1,7 @@
 """Hydra's basic sweeper, plus `seeds=auto`: a race that adds seeds until the comparison is answered.
 
 Hydra instantiates sweepers only from the `hydra_plugins` package, so the plugin lives here and
-the race itself in archbench.compare.race, imported when a race starts (Hydra imports every
+the race itself in archbench.sweeps.race, imported when a race starts (Hydra imports every
 plugin module at start-up).
 """
 
@@ -15,10 +15,10 @@ from omegaconf import OmegaConf
 class RaceSweeper(BasicSweeper):
     """The cartesian product of the sweep's overrides, as the basic sweeper runs it, over
     `seeds` seeds; with seeds=auto, over as many seeds as the race needs. Either way, a job whose
-    configuration and seed the store already holds is not trained again (tracking/reuse.py)."""
+    configuration and seed the store already holds is not trained again (sweeps/reuse.py)."""
 
     def sweep(self, arguments: list[str]) -> Any:
-        from archbench.tracking.reuse import ReusingLauncher  # here: a single run imports no MLflow
+        from archbench.sweeps.reuse import ReusingLauncher  # here: a single run imports no MLflow
 
         # every batch (a round of a race) launches only what the store does not hold already
         reuse = OmegaConf.select(self.config, "sweep.reuse", default=True)
@@ -29,7 +29,7 @@ class RaceSweeper(BasicSweeper):
         tuned = OmegaConf.select(self.config, "tune.params", default=None)
         if self.config.get("seeds") != "auto" and not tuned:
             return super().sweep(arguments)
-        from archbench.compare.race import Race, configurations
+        from archbench.sweeps.race import Race, configurations
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         found = configurations(self._parse_config(), arguments, parser)

@@ -5,7 +5,7 @@ import re
 
 import pandas as pd
 
-from archbench.compare.stats import RESAMPLED
+from archbench.comparing.stats import RESAMPLED
 
 SHORT = {"not resolved": "open", "no finished run": "no run"}  # verdicts as a table cell shows them
 

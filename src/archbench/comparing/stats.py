@@ -18,8 +18,8 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.power import TTestIndPower, TTestPower
 
-from archbench.compare import crossed
-from archbench.compare.verdicts import EQUIVALENT, FAILED, FLOOR, FUTILE, MARGIN, WORSE, Plan, compare
+from archbench.comparing import crossed
+from archbench.comparing.verdicts import EQUIVALENT, FAILED, FLOOR, FUTILE, MARGIN, WORSE, Plan, compare
 
 CONFIDENCE = 0.95  # each configuration's own interval of its mean
 POWER = 0.8  # "seeds that would likely settle it": an 80% chance, the usual planning figure

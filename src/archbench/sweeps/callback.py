@@ -25,7 +25,7 @@ from archbench.tracking import store, views
 from archbench.tracking.runs import PARENT_FILE, Terminated, client, experiment_id, redact_overrides
 
 if TYPE_CHECKING:
-    from archbench.compare import report
+    from archbench.comparing.comparison import Comparison
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class MlflowSweep(Callback):
         mlflow_client.log_param(self.parent_id, "sweep.overrides", swept or "(none)")
         mlflow_client.log_param(self.parent_id, "compare.margin", config.compare.margin)
         if config.seeds == "auto":
-            from archbench.compare import race  # here: a single run (this callback too) needs no scipy
+            from archbench.sweeps import race  # here: a single run (this callback too) needs no scipy
 
             plan = race.plan_of(config)
             mlflow_client.log_param(self.parent_id, "race.looks", " ".join(map(str, plan.looks)))
@@ -135,7 +135,9 @@ class MlflowSweep(Callback):
         # imported here, not at the top: every single run instantiates this callback, and the
         # comparison's scipy, statsmodels and pandas cost it 2 s of start-up
         from archbench import tuning
-        from archbench.compare import race, report
+        from archbench.comparing.comparison import Comparison
+        from archbench.sweeps import race
+        from archbench.tracking import tables
 
         parent_id, self.parent_id = self.parent_id, None
         if self._saved_sigterm is not None and threading.current_thread() is threading.main_thread():
@@ -158,7 +160,7 @@ class MlflowSweep(Callback):
         )
         statuses: set[str] = set()
         try:
-            runs = report.sweep_runs(mlflow_client, parent_id, failures)
+            runs = tables.sweep_runs(mlflow_client, parent_id, failures)
             if interrupted:  # jobs a dead launcher left RUNNING: closed before the table is written
                 for run_id in runs.run_id[runs.status == "RUNNING"]:
                     mlflow_client.set_terminated(run_id, "KILLED")
@@ -172,8 +174,8 @@ class MlflowSweep(Callback):
                 mlflow_client.log_text(parent_id, json.dumps(study, indent=1), tuning.RECORD)
                 mlflow_client.log_param(parent_id, "tune.keys", " ".join(study["keys"]))
             if not runs.empty:
-                correct = report.predictions(mlflow_client, runs)
-                comp = report.Comparison.of(
+                correct = tables.predictions(mlflow_client, runs)
+                comp = Comparison.of(
                     runs,
                     self.parent_name,
                     margin=config.compare.margin,
@@ -195,15 +197,18 @@ class MlflowSweep(Callback):
             )
 
     @staticmethod
-    def _attach(mlflow_client, parent_id: str, comp: "report.Comparison") -> None:
+    def _attach(mlflow_client, parent_id: str, comp: "Comparison") -> None:
         """The comparison where the MLflow UI shows it: the run's description (its note), headline
         metrics, and the table, CSV and charts as artifacts."""
         from mlflow.entities import Metric
 
-        from archbench.compare import report, table
+        from archbench.comparing import table
+        from archbench.comparing.comparison import write_all
+        from archbench.tracking import tables
 
         with tempfile.TemporaryDirectory() as tmp:
-            for path in report.write_all(comp, Path(tmp), mlflow_client):
+            curves = tables.histories(mlflow_client, comp.runs, comp.metric)
+            for path in write_all(comp, Path(tmp), curves):
                 mlflow_client.log_artifact(parent_id, str(path))
         mlflow_client.set_tag(parent_id, "mlflow.note.content", table.description(comp))  # the Overview's
         now = int(time.time() * 1000)
@@ -226,7 +231,7 @@ class MlflowSweep(Callback):
 def _reused_note(tags: dict[str, str]) -> str:
     """The comparison's word on the runs it took from earlier sweeps rather than training them, from
     the parent run's tags (the launcher set them before any job ran)."""
-    from archbench.tracking.reuse import CONTINUES_TAG, REUSED_TAG
+    from archbench.sweeps.reuse import CONTINUES_TAG, REUSED_TAG
 
     reused = int(tags.get(REUSED_TAG, 0))
     if not reused:
@@ -254,7 +259,7 @@ def _log_race(mlflow_client, parent_id: str, record: dict) -> None:
     why it stopped, and the record itself (race.json, which `make compare` reads back)."""
     from mlflow.entities import Metric
 
-    from archbench.compare import race
+    from archbench.sweeps import race
 
     now = int(time.time() * 1000)
     metrics = [

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from archbench.compare.charts import _pyplot
-from archbench.compare.tuned import expected_best, settings_table
+from archbench.comparing.charts import _pyplot
+from archbench.comparing.tuned import expected_best, settings_table
 from archbench.config import configuration
 
 

@@ -25,7 +25,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
-from archbench.compare.verdicts import FAILED, FLOOR, FUTILE, OPEN, Plan, compare
+from archbench.comparing.verdicts import FAILED, FLOOR, FUTILE, OPEN, Plan, compare
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class Race:
         """The test sample's part of each pair's variance, from the jobs' predictions (stats.test_parts)."""
         import pandas as pd
 
-        from archbench.compare.stats import test_parts
+        from archbench.comparing.stats import test_parts
 
         table = pd.DataFrame(self.values[0])
         return test_parts(table, self.correct)
@@ -170,7 +170,7 @@ class Race:
 def _predictions(result: JobReturn, config: DictConfig) -> np.ndarray | None:
     """A finished job's per-example test predictions, which it left in its own Hydra folder (app.py);
     a reused run's, from the store."""
-    from archbench.tracking import reuse
+    from archbench.sweeps import reuse
     from archbench.tracking.predictions import PREDICTIONS, read_predictions
 
     if isinstance(result, reuse.Reused):

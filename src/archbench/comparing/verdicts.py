@@ -55,7 +55,6 @@ FUTILITY = 0.1  # a race stops a configuration whose chance to be settled by its
 # ... from this many seeds on: the trend of 3 or 5 seeds is too noisy to judge by (simulated on the
 # course's questions: judged from 3 seeds, a third of the verdicts that would have come are lost)
 FUTILITY_FROM = 8
-SPENDING = ("pocock", "obrien-fleming", "bonferroni")  # how a race's looks share alpha; the first: default
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ class Plan:
     looks: tuple[int, ...]
     alpha: float = ALPHA
     margin: float = MARGIN
-    spending: str = "pocock"  # one of SPENDING; "bonferroni" splits alpha evenly (as before)
+    spending: str = "pocock"  # one of config.SPENDING; "bonferroni" splits alpha evenly (as before)
     futility: float = FUTILITY  # 0: a race never stops a configuration for futility
 
     @classmethod
