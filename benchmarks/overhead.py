@@ -75,7 +75,9 @@ SCENARIOS = {
         ["run.py", "-m", "activation=relu,sigmoid", "tune=lr", "seeds=2", "train.epochs=1"],
     ),
     "report": ("report: --experiment of the 1-epoch preset's 15 runs", ["-m", "archbench.report"]),
+    "stored": ("the same report again, the store unchanged", ["-m", "archbench.report"]),
 }
+REPORTS = ("report", "stored")
 
 
 def scenario(
@@ -85,7 +87,9 @@ def scenario(
     `prefix`: Python's own options before it (-X importtime, -m cProfile -o FILE)."""
     name, args = SCENARIOS[key]
     uri = f"sqlite:///{store}"
-    if key == "report":
+    if key in REPORTS and not (tree / "src/archbench/report.py").exists():
+        args = ["-m", "archbench.compare.report"]  # its name before issue 35's layers
+    if key in REPORTS:
         args = [*args, "--tracking-uri", uri, "--experiment", "archbench", "--out", str(folder / "report")]
     else:
         args = [*args, "train.progress=false", f"tracking.uri={uri}", f"data_dir={ROOT / 'data'}",
@@ -97,7 +101,7 @@ def scenario(
         [sys.executable, *prefix, *args], cwd=tree, env=env, check=True, capture_output=True, text=True
     )
     wall = time.perf_counter() - tic
-    if key == "report":
+    if key in REPORTS:
         return wall, None, done.stderr
     with sqlite3.connect(store) as db:
         (train,) = db.execute("select sum(value) from latest_metrics where key = 'train_time_s'").fetchone()
@@ -132,9 +136,11 @@ def sweeps(keys: list[str], against: str | None, data: str, tmp: Path) -> list[s
             scenario(tree, "one", data, tmp / f"warm-{len(label)}", tmp / f"warm-{len(label)}.db")
         for key in keys:
             for i, (label, tree) in enumerate(trees.items()):
-                store = tmp / f"{'activations1' if key == 'report' else key}-{i}.db"
-                if key == "report" and not store.exists():  # the report reads the 1-epoch preset's runs
+                store = tmp / f"{'activations1' if key in REPORTS else key}-{i}.db"
+                if key in REPORTS and not store.exists():  # the report reads the 1-epoch preset's runs
                     scenario(tree, "activations1", data, tmp / f"for-report-{i}", store)
+                if key == "stored":  # asked once before, on the same store and folder
+                    scenario(tree, key, data, tmp / f"{key}-{i}", store)
                 wall, train, _ = scenario(tree, key, data, tmp / f"{key}-{i}", store)
                 cells = (
                     ["—", "—", "—"]

@@ -3,6 +3,8 @@
 import csv
 import io
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from archbench import app, report
 from archbench.comparing.comparison import Comparison
 from archbench.comparing.table import csv_text, markdown
 from archbench.sweeps import lookup
-from archbench.tracking import tables
+from archbench.tracking import stored, tables
 from archbench.tracking.runs import client
 from archbench.train import Trainer
 from conftest import ALL_CORES, all_runs, compose_job, run_py, store
@@ -250,6 +252,69 @@ def test_one_run_with_a_validation_split_does_not_change_what_the_experiment_is_
     assert s.loc["activation=tanh"].n == 4 and s.loc["activation=relu"].failed == 0
     val_only = tables.sweep_runs(mlflow_client, search.info.run_id)
     assert Comparison.of(val_only, "sweep-lr_batch").metric == "val_accuracy"
+
+
+def test_a_report_asked_again_of_an_unchanged_store_prints_what_it_printed(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    mlflow_client, exp, pid = known_store(tmp_path)
+    uri, out = f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "out")
+    computed = []
+    compute = report._report
+    monkeypatch.setattr(report, "_report", lambda *a: computed.append(a) or compute(*a))
+    asks = [["--experiment", "known"], ["--parent", pid], []]
+    first = []
+    for args in asks:
+        assert report.main(["--tracking-uri", uri, "--out", out, *args]) == 0
+        first.append(capsys.readouterr().out)
+    for args, printed in zip(asks, first, strict=True):
+        assert report.main(["--tracking-uri", uri, "--out", out, *args]) == 0
+        assert capsys.readouterr().out == printed
+    # only the experiment's compared again: the sweep's first report saved its UI view after it
+    assert [a.experiment for a, _ in computed] == ["known", None, None, "known"]
+    for args, printed in zip(asks, first, strict=True):
+        assert report.main(["--tracking-uri", uri, "--out", out, *args]) == 0
+        assert capsys.readouterr().out == printed
+    assert len(computed) == 4  # the third time, nothing was read or computed
+    # and the command as typed, in a process of its own: no MLflow, no scipy, no torch loaded
+    code = (
+        "import sys; from archbench import report; "
+        f"assert report.main(['--tracking-uri', {uri!r}, '--out', {out!r}, '--experiment', 'known']) == 0; "
+        "print(sorted({'mlflow', 'scipy', 'torch', 'matplotlib'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout == first[0] + "[]\n"
+
+    # any write to the store compares again: two more tanh seeds count
+    add_runs(mlflow_client, exp, pid, {"tanh": [0.861, 0.869]}, [3, 4])
+    assert report.main(["--tracking-uri", uri, "--out", out, "--experiment", "known"]) == 0
+    again = capsys.readouterr().out
+    assert len(computed) == 5 and "3-5 seeds per configuration" in again
+    # and so do another archbench, and a file of the comparison gone
+    monkeypatch.setattr(stored, "_code", lambda: "another version")
+    assert report.main(["--tracking-uri", uri, "--out", out, "--experiment", "known"]) == 0
+    (tmp_path / "out" / "experiment-1" / "pareto.png").unlink()
+    assert report.main(["--tracking-uri", uri, "--out", out, "--experiment", "known"]) == 0
+    assert len(computed) == 7
+
+
+def test_a_write_while_a_report_computes_is_never_taken_for_part_of_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    mlflow_client, exp, pid = known_store(tmp_path)
+    uri, out = f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "out")
+    compare = lookup.Question.compare
+
+    def meanwhile(asked, client_):  # a sweep's job finishes while the report computes
+        add_runs(mlflow_client, exp, pid, {"relu": [0.833]}, [3])
+        monkeypatch.setattr(lookup.Question, "compare", compare)
+        return compare(asked, client_)
+
+    monkeypatch.setattr(lookup.Question, "compare", meanwhile)
+    assert report.main(["--tracking-uri", uri, "--out", out, "--experiment", "known"]) == 0
+    before = capsys.readouterr().out
+    assert "3 seeds per configuration" in before  # read before the job finished
+    assert not list((tmp_path / "cache").rglob("*.json"))  # so it was not kept
+    assert report.main(["--tracking-uri", uri, "--out", out, "--experiment", "known"]) == 0
+    assert "3-4 seeds per configuration" in capsys.readouterr().out
 
 
 def test_report_says_when_there_is_nothing(tmp_path, capsys):

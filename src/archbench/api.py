@@ -100,11 +100,9 @@ def compare(
     import os
 
     from archbench.sweeps import lookup
-    from archbench.tracking import store
+    from archbench.tracking import DEFAULT_URI, store
 
-    uri = results.absolute_uri(
-        tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", lookup.DEFAULT_URI), ROOT
-    )
+    uri = results.absolute_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI), ROOT)
     try:
         mlflow_client = store.client(uri)
         comp, name, experiment_id = lookup.find(mlflow_client, parent, experiment)

@@ -1,20 +1,19 @@
 """Comparisons per configuration, read back from MLflow: table, CSV, charts.
 
+Asked again of a store in which nothing has changed, it prints what it printed (tracking/stored.py).
+
 python -m archbench.report                      # the latest sweep
 python -m archbench.report --parent RUN_ID      # one sweep, by its parent run
 python -m archbench.report --experiment NAME    # every job run of an experiment, across sweeps
 """
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
-from archbench.comparing import table
-from archbench.comparing.comparison import write_all
-from archbench.comparing.verdicts import MARGIN
-from archbench.sweeps import lookup
-from archbench.tracking import store, tables, views
+from archbench.tracking import DEFAULT_URI, stored
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,10 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     pick = parser.add_mutually_exclusive_group()
     pick.add_argument("--parent", help="a sweep's parent run id (default: the latest sweep)")
     pick.add_argument("--experiment", help="every job run of this experiment, grouped by configuration")
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", lookup.DEFAULT_URI))
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
     parser.add_argument("--out", type=Path, default=Path("outputs/comparison"), help="folder for the files")
     parser.add_argument(
-        "--margin", type=float, help=f"equivalence margin (default: the sweep's compare.margin or {MARGIN})"
+        "--margin",
+        type=float,
+        help="equivalence margin (default: the sweep's compare.margin, else its default)",
     )
     args = parser.parse_args(argv)
     if args.tracking_uri.startswith("sqlite:///") and not Path(args.tracking_uri[10:]).exists():
@@ -35,9 +36,28 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    where = args.tracking_uri  # a SQLite file wherever the report is asked from, and its folder
+    if where.startswith("sqlite:///"):
+        where = f"sqlite:///{Path(where.removeprefix('sqlite:///')).resolve()}"
+    request = json.dumps([where, args.parent, args.experiment, args.margin, str(args.out.resolve())])
+    kept = stored.recall(request, args.tracking_uri)
+    if kept is not None:
+        print(kept)
+        return 0
+    return _report(args, request)
+
+
+def _report(args, request: str) -> int:
+    """Read the store and compare, print, write the files, and keep what was printed."""
+    from archbench.comparing import table
+    from archbench.comparing.comparison import write_all
+    from archbench.sweeps import lookup
+    from archbench.tracking import store, tables, views
+
     try:
         mlflow_client = store.client(args.tracking_uri)
-        comp, name, experiment_id = lookup.find(mlflow_client, args.parent, args.experiment, args.margin)
+        asked = lookup.question(mlflow_client, args.parent, args.experiment, args.margin)
+        comp, name = asked.compare(mlflow_client), asked.name
     except lookup.NothingToCompare as e:
         print(f"nothing to compare in {store.redact(args.tracking_uri)}: {e}", file=sys.stderr)
         return 1
@@ -47,14 +67,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {line}", file=sys.stderr)
         return 1
-    print(table.markdown(comp))
+    lines = [table.markdown(comp)]
     curves = tables.histories(mlflow_client, comp.runs, comp.metric)
     paths = write_all(comp, args.out / name, curves)
-    print(f"written to {args.out / name}: {', '.join(p.name for p in paths)}")
-    link = lookup.ui_link(mlflow_client, comp, name, experiment_id, args.experiment)
-    print(f"in the MLflow UI (make ui): {link}")
+    lines.append(f"written to {args.out / name}: {', '.join(p.name for p in paths)}")
+    link = lookup.ui_link(mlflow_client, comp, name, asked.experiment_id, args.experiment)
+    lines.append(f"in the MLflow UI (make ui): {link}")
     if not args.experiment:
-        print(f"the comparison: {views.run_link(experiment_id, name)}")
+        lines.append(f"the comparison: {views.run_link(asked.experiment_id, name)}")
+    text = "\n".join(lines)
+    print(text)
+    before = stored.state(args.tracking_uri)  # after this report's own write (the UI's view)
+    if asked.same(lookup.question(mlflow_client, args.parent, args.experiment, args.margin)):
+        stored.keep(request, before, text, paths)
     return 0
 
 

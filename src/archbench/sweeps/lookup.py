@@ -1,22 +1,64 @@
 """The comparison a user points at (the latest sweep, a sweep by its parent run, or a whole
-experiment), read from the store and compared; and its link in the MLflow UI."""
+experiment): first the question, read from the store (its runs and records), then its comparison;
+and its link in the MLflow UI."""
 
-from archbench.comparing.comparison import Comparison
-from archbench.comparing.verdicts import MARGIN
+from dataclasses import dataclass
+
+import pandas as pd
+
 from archbench.tracking import store, tables, views
 from archbench.tuning import RECORD as TUNING_RECORD
 
-DEFAULT_URI = "sqlite:///mlruns/mlflow.db"  # as conf/config.yaml's tracking.uri
+POOLED = (
+    "Pooled across sweeps: each pooled look at the same seeds spends the error budget again, "
+    "which no interval here accounts for; `seeds=auto` plans its looks."
+)
 
 
 class NothingToCompare(Exception):
     """No runs where the user pointed; the message says why."""
 
 
-def find(
+@dataclass
+class Question:
+    """What a comparison compares, as the store holds it now: no statistics yet."""
+
+    runs: pd.DataFrame  # tracking.tables: a row per run
+    where: str  # the sweep's name, or "experiment NAME"
+    name: str  # a folder name: the parent run's id, or experiment-ID
+    experiment_id: str
+    margin: float | None  # None: compare.margin's default
+    note: str = ""
+    race: dict | None = None  # the parent run's race.json
+    tuning: dict | None = None  # the parent run's tuning.json
+
+    def same(self, other: "Question") -> bool:
+        """Whether `other` asks the same: the same runs in the same states, and the same records."""
+        fields = ("where", "name", "experiment_id", "margin", "note", "race", "tuning")
+        return self.runs.equals(other.runs) and all(getattr(self, f) == getattr(other, f) for f in fields)
+
+    def compare(self, mlflow_client):
+        """The comparison (comparing.comparison.Comparison), with the runs' recorded predictions."""
+        from archbench.comparing.comparison import Comparison  # here: scipy, which a stored one skips
+        from archbench.comparing.verdicts import MARGIN
+
+        correct = tables.predictions(mlflow_client, self.runs)
+        margin = self.margin or MARGIN
+        return Comparison.of(
+            self.runs,
+            self.where,
+            self.note,
+            margin=margin,
+            race=self.race,
+            correct=correct,
+            tuning=self.tuning,
+        )
+
+
+def question(
     mlflow_client, parent: str | None, experiment: str | None, margin: float | None = None
-) -> tuple[Comparison, str, str]:
-    """The comparison to show, a folder name for it, and its experiment's id."""
+) -> Question:
+    """The runs and records of the latest sweep, of the sweep `parent`, or of every job of `experiment`."""
     if experiment:
         found = mlflow_client.get_experiment_by_name(experiment)
         if found is None:
@@ -24,15 +66,8 @@ def find(
         runs = tables.experiment_runs(mlflow_client, found.experiment_id)
         if runs.empty:
             raise NothingToCompare(f"experiment {experiment!r} has no job runs")
-        note = (
-            "Pooled across sweeps: each pooled look at the same seeds spends the error budget again, "
-            "which no interval here accounts for; `seeds=auto` plans its looks."
-        )
-        comp = Comparison.of(
-            runs, f"experiment {experiment}", note, margin=margin or MARGIN,
-            correct=tables.predictions(mlflow_client, runs),
-        )  # fmt: skip
-        return comp, f"experiment-{found.experiment_id}", found.experiment_id
+        name, where = f"experiment-{found.experiment_id}", f"experiment {experiment}"
+        return Question(runs, where, name, found.experiment_id, margin, POOLED)
     if parent is None:
         parent = tables.latest_sweep(mlflow_client)
         if parent is None:
@@ -42,18 +77,22 @@ def find(
     runs = tables.sweep_runs(mlflow_client, parent)
     if runs.empty:
         raise NothingToCompare(f"sweep {info.run_name} ({parent}) has no job runs")
-    logged = float(run.data.params.get("compare.margin", MARGIN))
+    logged = run.data.params.get("compare.margin")
     from archbench.sweeps.race import RECORD as RACE_RECORD  # here: hydra's parser only for a sweep
 
     raced = tables.parent_record(mlflow_client, parent, RACE_RECORD)
     study = tables.parent_record(mlflow_client, parent, TUNING_RECORD)
-    correct = tables.predictions(mlflow_client, runs)
-    margin = margin or logged
-    comp = Comparison.of(runs, info.run_name, margin=margin, race=raced, correct=correct, tuning=study)
-    return comp, parent, info.experiment_id
+    margin = margin or (float(logged) if logged is not None else None)
+    return Question(runs, info.run_name, parent, info.experiment_id, margin, race=raced, tuning=study)
 
 
-def ui_link(mlflow_client, comp: Comparison, name: str, experiment_id: str, experiment: str | None) -> str:
+def find(mlflow_client, parent: str | None, experiment: str | None, margin: float | None = None):
+    """The comparison to show, a folder name for it, and its experiment's id."""
+    asked = question(mlflow_client, parent, experiment, margin)
+    return asked.compare(mlflow_client), asked.name, asked.experiment_id
+
+
+def ui_link(mlflow_client, comp, name: str, experiment_id: str, experiment: str | None) -> str:
     """The runs view of this comparison, saved as a view of the experiment; the bare runs view where
     the store takes no writes (a read-only copy, say)."""
     try:

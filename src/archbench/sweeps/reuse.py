@@ -34,7 +34,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from archbench import identity, tuning
 from archbench.config import configuration
-from archbench.tracking.runs import HEARTBEAT_TAG, PARENT_FILE, PROCESS_TAG, USED_BY, client, process_tag
+from archbench.tracking.runs import HEARTBEAT_TAG, PARENT_FILE, PROCESS_TAG, client, process_tag
+from archbench.tracking.tables import USED_BY
 
 log = logging.getLogger(__name__)
 

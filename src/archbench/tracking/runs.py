@@ -23,13 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from archbench.identity import BOOKKEEPING, dotted
 from archbench.tracking.store import client, redact
+from archbench.tracking.tables import USED_BY
 
 log = logging.getLogger(__name__)
 
 PARENT_FILE = "mlflow_parent_run_id"  # in a sweep's folder: the parent run its jobs attach to
-# on every run a sweep used, its children and the earlier runs it reused (reuse.py): USED_BY + the
-# parent's id, with the configuration the sweep counts the run as
-USED_BY = "archbench.used_by."
 PROCESS_TAG = "archbench.process"  # host:pid:start time of the process that has the run open
 # Unix seconds, refreshed while the run is open (Heartbeat): a sweep on any host can tell that the
 # process holding a RUNNING run is gone (reuse.orphaned). MLflow itself has none: a killed process's
@@ -50,14 +48,6 @@ def process_tag() -> str:
     import psutil
 
     return f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time():.0f}"
-
-
-def used_by_filter(mlflow_client, experiment_id: str, parent_id: str) -> str:
-    """MLflow's search for the runs a sweep used; its children, for a sweep from before USED_BY."""
-    where = f"tags.`{USED_BY}{parent_id}` LIKE '%'"
-    if mlflow_client.search_runs([experiment_id], where, max_results=1):
-        return where
-    return f"tags.mlflow.parentRunId = '{parent_id}'"
 
 
 def redact_overrides(overrides: list[str]) -> list[str]:

@@ -14,6 +14,9 @@ from archbench.config import configuration
 from archbench.tracking.predictions import fetch_predictions
 from archbench.tuning import ROLE_TAG
 
+# on every run a sweep used, its children and the earlier runs it reused (reuse.py): USED_BY + the
+# parent's id, with the configuration the sweep counts the run as
+USED_BY = "archbench.used_by."
 METRICS = ("test_accuracy", "val_accuracy", "train_time_s", "params_total")
 COLUMNS = [
     "run_id",
@@ -79,12 +82,18 @@ def _search(mlflow_client, experiment_ids: list[str], where: str) -> list:
     return list(mlflow_client.search_runs(experiment_ids, where, max_results=50_000))
 
 
+def used_by_filter(mlflow_client, experiment_id: str, parent_id: str) -> str:
+    """MLflow's search for the runs a sweep used; its children, for a sweep from before USED_BY."""
+    where = f"tags.`{USED_BY}{parent_id}` LIKE '%'"
+    if mlflow_client.search_runs([experiment_id], where, max_results=1):
+        return where
+    return f"tags.mlflow.parentRunId = '{parent_id}'"
+
+
 def sweep_runs(mlflow_client, parent_id: str, failures: list[dict] = ()) -> pd.DataFrame:
     """A row per run the sweep used: its children, and the runs of earlier sweeps that it reused or
     resumed (sweeps/reuse.py), each as the configuration this sweep counts it as; plus a row per
     failed job that left no run."""
-    from archbench.tracking.runs import USED_BY, used_by_filter  # here: torch, which a report never needs
-
     experiment = mlflow_client.get_run(parent_id).info.experiment_id
     runs = _search(mlflow_client, [experiment], used_by_filter(mlflow_client, experiment, parent_id))
     recorded = {r.data.tags.get("archbench.overrides", "") for r in runs}

@@ -44,8 +44,20 @@ def save(mlflow_client, experiment_id: str, key: str, name: str, where: str, con
         "compareRunSections": [SECTION],
         "isAccordionReordered": True,
     }
+    if _saved(mlflow_client, experiment_id, key) == {"name": name, "state": json.dumps(state)}:
+        return  # saved as it is: a write would only make a stored report compare again (stored.py)
     saved = {"name": name, "createdAt": int(time.time() * 1000), "state": json.dumps(state)}
     mlflow_client.set_experiment_tag(experiment_id, KEY_PREFIX + key, json.dumps(saved))
+
+
+def _saved(mlflow_client, experiment_id: str, key: str) -> dict | None:
+    """The view `key` as saved, without its time; None where there is none."""
+    found = mlflow_client.get_experiment(experiment_id).tags.get(KEY_PREFIX + key)
+    try:
+        saved = json.loads(found)
+    except (TypeError, ValueError):
+        return None
+    return {k: saved.get(k) for k in ("name", "state")} if isinstance(saved, dict) else None
 
 
 def _width(configs: list[str]) -> int:
@@ -72,7 +84,7 @@ def run_link(experiment_id: str, run_id: str) -> str:
 def for_sweep(mlflow_client, comp, parent_id: str, experiment_id: str) -> str:
     """A sweep's view (its child runs, and the earlier runs it reused) under the parent's id; returns
     its link."""
-    from archbench.tracking.runs import used_by_filter
+    from archbench.tracking.tables import used_by_filter  # here: pandas, for a sweep's view only
 
     where = used_by_filter(mlflow_client, experiment_id, parent_id)
     configs = list(comp.summary.configuration)

@@ -1,0 +1,83 @@
+"""A report's output, kept beside its files and shown again while the store has not changed.
+
+A report opens the store through MLflow (about 1.5 s of imports before its first query), then
+computes: the statistics and three charts, 2-3 s more. Asked again of a store in which nothing has
+changed, it would print the same. So `recall` prints the kept output without importing MLflow, and
+`keep` keeps it only where that is sound:
+- "nothing has changed" is the SQLite file's state (inode, size, modification time, and its write-ahead
+  log's): SQLite rewrites the file on every commit. A server's store (http, postgresql) has no file
+  here, and is always read.
+- the state is taken before a second read of the question (lookup.Question.same) that found it
+  unchanged, so that a write landing while a report computes is never taken for part of it.
+- archbench's own code is part of the key: another version may compare differently.
+The output is kept in the user's cache folder (as the store's template is, store.py), a file per
+request, so that the report's own folder holds only its comparisons.
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+
+def state(uri: str) -> list | None:
+    """The SQLite store's file state, or None: not a file, or a write in progress (a journal)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(uri.removeprefix("sqlite:///"))
+    if Path(f"{path}-journal").exists():
+        return None
+    found = []
+    for file in (path, Path(f"{path}-wal")):
+        try:
+            st = file.stat()
+        except FileNotFoundError:
+            found.append(None)
+            continue
+        found.append([st.st_ino, st.st_size, st.st_mtime_ns])
+    return found if found[0] else None
+
+
+def _code() -> str:
+    """archbench's sources, as one digest."""
+    digest = hashlib.sha256()
+    for source in sorted(Path(__file__).resolve().parents[1].rglob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _kept(request: str) -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "archbench" / "reports"
+    return cache / f"{hashlib.sha256(request.encode()).hexdigest()[:24]}.json"
+
+
+def recall(request: str, uri: str) -> str | None:
+    """The output kept for `request`, where the store and archbench are as they were, and its files
+    are all still there; else None."""
+    try:
+        kept = json.loads(_kept(request).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    now = state(uri)
+    if kept.get("request") != request or now is None or kept["state"] != now or kept["code"] != _code():
+        return None
+    if not all(Path(f).is_file() for f in kept["files"]):
+        return None
+    return kept["text"]
+
+
+def keep(request: str, before: list | None, text: str, files: list[Path]) -> None:
+    """Keep a report's output (`text`), computed from the store as it was in state `before`; where
+    the cache folder takes no writes, nothing is kept."""
+    if before is None:
+        return
+    record = {"request": request, "state": before, "code": _code(), "text": text}
+    record["files"] = [str(Path(f).resolve()) for f in files]
+    path = _kept(request)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_text(json.dumps(record))
+        partial.replace(path)  # whole or not at all: a report killed meanwhile leaves the old one
+    except OSError:
+        pass
