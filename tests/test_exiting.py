@@ -6,7 +6,7 @@ import sys
 
 import psutil
 
-from conftest import patience
+from conftest import patience, run_py
 
 
 def test_run_py_ends_after_the_exit_handlers_with_its_idle_children_stopped():
@@ -26,3 +26,12 @@ def test_run_py_ends_after_the_exit_handlers_with_its_idle_children_stopped():
     pid, said = done.stdout.split(" ", 1)
     assert said == "the handler ran\n"
     assert not psutil.pid_exists(int(pid)) or psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_side_by_side_sweep_ends_with_nothing_leaked(tmp_path):
+    # its workers end without Python's exit: a multiprocessing lock made in one (tqdm's, for the
+    # progress bars) was left for the resource tracker, which warned of "leaked semaphore objects"
+    args = ("-m", "activation=relu,tanh", "hydra.launcher.n_jobs=2", "train.progress=true")
+    done = run_py(tmp_path, *args, env={"LOKY_MAX_CPU_COUNT": None})  # two worker processes
+    assert done.returncode == 0, done.stderr
+    assert "leaked" not in done.stderr and "Traceback" not in done.stderr

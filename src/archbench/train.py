@@ -9,6 +9,7 @@ debug options limit_batches (shorter epochs) and overfit_batches (the same batch
 
 import ctypes
 import math
+import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -18,12 +19,18 @@ import torch
 from hydra.errors import CompactHydraException
 from torch import nn
 from torch.nn import functional as F
+from tqdm import tqdm as _bars
 from tqdm.auto import tqdm
 
 from archbench.augment import RandomCropFlip
 from archbench.debug import check_overfit, epoch_batches
 from archbench.splits import Splits
 from archbench.stopping import EarlyStopping
+
+# tqdm guards its bars with a multiprocessing lock: a named semaphore, which only the process's own
+# Python exit unlinks. A sweep's workers end without it (exiting.py), and the resource tracker then
+# warned of "leaked semaphore objects". One process's bars need only a thread lock.
+_bars.set_lock(threading.RLock())
 
 
 class Diverged(CompactHydraException):
