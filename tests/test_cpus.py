@@ -165,3 +165,24 @@ def test_bf16_on_a_cpu_without_it_says_so_in_one_line(tmp_path, monkeypatch, cap
         else ["train.amp=true: this CPU has no native bf16 (avx512_bf16, AMX), so it runs slower than fp32"]
     )
     assert said == expected
+
+
+def test_a_run_of_a_small_network_takes_one_thread_and_a_larger_one_every_free_core(lease_dir, tmp_path):
+    # waiting threads sleep, and the mlp's short operations each pay for waking them: one thread
+    # runs its epoch faster (app.SMALL_BATCH); cnn2's longer ones gain from every core
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("one core: every run takes one thread")
+    default = [o for o in small(tmp_path) if not o.startswith("train.threads=")]  # archbench's choice
+    for model, why in (
+        ("mlp", "1 CPU thread (8M mult-adds a batch: a second thread would only wait)"),
+        ("cnn2", f"{cores} CPU threads (leased cores)"),
+    ):
+        result = run_py(tmp_path, f"model={model}", *default, small_job=False)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert why in result.stdout + result.stderr
+    runs = {r.data.params["model"]: r.data.params["train.threads"] for r in all_runs(tmp_path)}
+    assert runs == {"mlp": "1", "cnn2": str(cores)}
+    # a count the user asks for wins
+    result = run_py(tmp_path, "model=mlp", "train.threads=2", "seed=1", *default, small_job=False)
+    assert "2 CPU threads (train.threads)" in result.stdout + result.stderr

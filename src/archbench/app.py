@@ -86,6 +86,7 @@ def run_job(cfg: DictConfig) -> float | None:
         print(model_summary(model, fits.input_shape(cfg)))  # one sample, as the course shows it
         print(breakdown(model))
         return None
+    set_threads(cfg, model, device)
     runs.client(cfg.tracking.uri)  # a store that cannot be reached or written fails here, before any data
     source = instantiate(cfg.dataset)
     data = splits.for_job(source, Path(cfg.data_dir), device, cfg.train.val_fraction, cfg.seed)
@@ -125,18 +126,13 @@ def scheduler(node: DictConfig, optimizer: torch.optim.Optimizer, **runtime):
 
 
 def configure(cfg: DictConfig) -> torch.device:
-    """Validate, then set what is process-wide: threads, determinism, the seed."""
+    """Validate, then set what is process-wide: determinism, the seed. (The threads follow the
+    network: set_threads.)"""
     device = validate(cfg)
     # (a resumed run's config is the one it ran with, resolved: its choices were checked then)
     refused = None if cfg.resume else fits.ignored(cfg.model, cfg.loss, job_overrides(), choices())
     if refused:
         raise ConfigError(refused)
-    share, hold = default_threads()
-    threads, why = cpus.threads_for_job(cfg.train.threads, share, hold)
-    log.info("%d CPU thread%s (%s)", threads, "s"[: threads > 1], why)
-    with open_dict(cfg):
-        cfg.train.threads = threads  # logged as used: the thread count changes float results
-    torch.set_num_threads(threads)
     if cfg.train.amp is True and device.type == "cpu" and not cpus.native_bf16():
         log.warning(
             "train.amp=true: this CPU has no native bf16 (avx512_bf16, AMX), so it runs slower than fp32"
@@ -153,6 +149,34 @@ def configure(cfg: DictConfig) -> torch.device:
     torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark and not cfg.deterministic
     torch.manual_seed(cfg.seed)
     return device
+
+
+# Mult-adds of a training batch's forward pass below which a run on the CPU takes one thread. Waiting
+# OpenMP threads sleep (cpus.prepare_environment: no collapse beside other work), and a small
+# network's many short operations each pay for waking them. Measured with benchmarks/epoch_speed.py
+# under OMP_WAIT_POLICY=PASSIVE on a 2-core Xeon: the mlp (8M a batch) took 0.49 s an epoch on 1
+# thread and 0.85 s on 2; cnn1 (72M) 6.7 s on 2 and 10.5 s on 1; cnn2 (286M) 7.1 s on 2 and 10.5 s
+# on 1 (docs/speed.md, Threads).
+SMALL_BATCH = 50_000_000
+
+
+def set_threads(cfg: DictConfig, model: torch.nn.Module, device: torch.device) -> None:
+    """The job's CPU threads (cpus.threads_for_job), set and logged; where nothing chose them, a
+    network too small for a second thread (SMALL_BATCH) takes one."""
+    share, hold = default_threads()
+    work = None
+    if share > 1 and hold == "shared" and device.type == "cpu" and not cfg.train.threads:
+        if cpus.users_threads() is None:
+            with torch.random.fork_rng(devices=[]):  # torchinfo's random input leaves the seed's stream
+                work = mult_adds(model, fits.input_shape(cfg)) * cfg.train.batch_size
+    small = work is not None and work < SMALL_BATCH
+    threads, why = cpus.threads_for_job(cfg.train.threads, 1 if small else share, hold)
+    if small and why == "leased cores":
+        why = f"{work / 1e6:.0f}M mult-adds a batch: a second thread would only wait"
+    log.info("%d CPU thread%s (%s)", threads, "s"[: threads > 1], why)
+    with open_dict(cfg):
+        cfg.train.threads = threads  # logged as used: the thread count changes float results
+    torch.set_num_threads(threads)
 
 
 def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict | None, same=None) -> float:
