@@ -165,13 +165,13 @@ def set_threads(cfg: DictConfig, model: torch.nn.Module, device: torch.device) -
     network too small for a second thread (SMALL_BATCH) takes one."""
     share, hold = default_threads()
     work = None
-    if share > 1 and hold == "shared" and device.type == "cpu" and not cfg.train.threads:
-        if cpus.users_threads() is None:
-            with torch.random.fork_rng(devices=[]):  # torchinfo's random input leaves the seed's stream
-                work = mult_adds(model, fits.input_shape(cfg)) * cfg.train.batch_size
+    chosen = cfg.train.threads or cpus.users_threads()
+    if share > 1 and hold == "shared" and device.type == "cpu" and not chosen:
+        with torch.random.fork_rng(devices=[]):  # torchinfo's random input leaves the seed's stream
+            work = mult_adds(model, fits.input_shape(cfg)) * cfg.train.batch_size
     small = work is not None and work < SMALL_BATCH
     threads, why = cpus.threads_for_job(cfg.train.threads, 1 if small else share, hold)
-    if small and why == "leased cores":
+    if small and why == cpus.LEASED:
         why = f"{work / 1e6:.0f}M mult-adds a batch: a second thread would only wait"
     log.info("%d CPU thread%s (%s)", threads, "s"[: threads > 1], why)
     with open_dict(cfg):

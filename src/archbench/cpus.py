@@ -112,6 +112,9 @@ def _accelerator() -> bool:
 OmegaConf.register_new_resolver("archbench.jobs", sweep_jobs, replace=True)
 
 
+LEASED = "leased cores"  # threads_for_job's reason where the lease alone chose
+
+
 def threads_for_job(asked: int | None, share: int, hold: str = "shared") -> tuple[int, str]:
     """The CPU threads of one job and why: `asked` (train.threads) wins, then OMP_NUM_THREADS, then
     by `hold`: "allocated", a Slurm job's own CPUs (`share` of them, which the scheduler gave it
@@ -136,7 +139,7 @@ def threads_for_job(asked: int | None, share: int, hold: str = "shared") -> tupl
     free = lease(max(1, min(share, usable_cores())))
     if free == 0:
         return 1, "no free core: other archbench jobs lease them all"
-    return free, "leased cores"
+    return free, LEASED
 
 
 def native_bf16() -> bool:

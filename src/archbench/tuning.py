@@ -31,7 +31,7 @@ import numpy as np
 from hydra.core.utils import JobStatus
 from omegaconf import DictConfig
 
-from archbench.config import ConfigError, configuration, keys, specs  # noqa: F401  (tuning.keys: the callers' name)
+from archbench.config import ConfigError, configuration, keys, specs
 
 log = logging.getLogger(__name__)
 
