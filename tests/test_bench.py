@@ -103,3 +103,11 @@ def test_overhead_runs(tmp_path):
         assert re.search(rf"^\| {row} \| {cells} \|$", table, re.M), table
     assert re.search(r"^\| torch \| \d+\.\d\d \|$", table, re.M), table  # the imports, measured
     assert re.search(r"^\| app\.py:\d+\(run_job\) \| \d+\.\d\d \|$", table, re.M), table  # the profile
+
+
+def test_batched_seeds_runs(tmp_path):
+    args = ["--train-size", "600", "--repeats", "1", "--models", "mlp", "cnn1", "--seeds", "2"]
+    table = bench("batched_seeds.py", tmp_path, *args)
+    number = r"\d+\.\d+"
+    for model in ("mlp", "cnn1"):
+        assert re.search(rf"\| {model} \| 1 \| 2 \| {number} \| {number} \| {number}x \|", table), table

@@ -34,3 +34,21 @@ def test_augmentation_schedule_and_early_stopping_on_cuda(tmp_path):
     first = main(compose_job(tmp_path / "a", *args))
     second = main(compose_job(tmp_path / "b", *args))
     assert first == second and all_runs(tmp_path / "a")[0].info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("name", ["sgd_momentum", "adam"])
+def test_seeds_train_together_on_cuda_exactly_as_alone(name):
+    """batched.py on CUDA: float64, 200 steps, each seed as alone to 1e-10 (tests/test_batched.py)."""
+    from test_batched import exactly_as_alone
+
+    exactly_as_alone(name, torch.device("cuda"))
+
+
+def test_a_sweep_trains_seeds_together_on_cuda(tmp_path):
+    from conftest import all_runs, run_py
+
+    done = run_py(tmp_path, "-m", "activation=relu,tanh", "seeds=3", "device=cuda", "train.together=true")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "6 runs in 2 jobs" in done.stdout
+    children = [r for r in all_runs(tmp_path) if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 6 and all(r.data.tags["device"].startswith("cuda") for r in children)

@@ -1,6 +1,7 @@
 """One Hydra job: validate, build, train and track. `run.py` calls `main`."""
 
 import contextlib
+import copy
 import logging
 import os
 from pathlib import Path
@@ -31,6 +32,8 @@ ADDED_KEYS = {
     "train.overfit_batches": None,
     "seeds": 1,
     "tune": {"params": None, "role": None},
+    "train.together": False,
+    "train.group": None,
 }
 
 
@@ -81,6 +84,8 @@ def run_job(cfg: DictConfig) -> float | None:
             OmegaConf.update(cfg, key, off, force_add=True)
     images.settle(cfg.dataset)  # an image folder's classes and image size, where its config leaves them null
     device = configure(cfg)
+    if cfg.train.get("group"):  # several seeds of this configuration, as one batched model
+        return train_together(cfg, device, same)
     model = fits.build(cfg, model_name(cfg))
     if cfg.mode == "inspect":
         print(model_summary(model, fits.input_shape(cfg)))  # one sample, as the course shows it
@@ -183,31 +188,10 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
     """Train inside one MLflow run: metrics and a checkpoint per epoch, the final figures at the end.
     `same`: the config's identity.settings and code_version, tagged for reuse."""
     counts = parameter_counts(trainer.module)
-    unused = fits.unused_groups(cfg.model)  # a network that takes no activation is not named by one
-    picked = {group: choice for group, choice in choices().items() if group not in unused}
-    tuned = tuning.keys(cfg)  # tune=lr: the key chosen per configuration is not what sets it apart
-    tags = {
-        **picked,
-        "device": str(device),
-        "torch_version": torch.__version__,
-        "cuda_version": str(torch.version.cuda),
-        "archbench.overrides": " ".join(job_overrides()),
-        "configuration": configuration(job_overrides(), tuned if cfg.tune.role == "evaluation" else ()),
-        **roles(cfg, tuned),
-        **debug_tag(cfg),
-        **({runs.SLURM_TAG: slurm.job_id()} if slurm.job_id() else {}),
-        **(
-            {
-                identity.CONFIG_TAG: identity.config_key(same[0], data.source_digest),
-                identity.CODE_TAG: same[1],
-            }
-            if same and data.source_digest
-            else {}
-        ),
-    }
-    name = "-".join(picked[g] for g in ("model", "activation", "optimizer") if g in picked) + f"-s{cfg.seed}"
+    picked = picked_choices(cfg)
+    tags = run_tags(cfg, picked, device, data, same, job_overrides())
     logged = runs.params(cfg, picked, device)
-    run = runs.open_run(cfg, name, tags, sweep_dir(), resume_id=cfg.resume)
+    run = runs.open_run(cfg, run_name(picked, cfg.seed), tags, sweep_dir(), resume_id=cfg.resume)
     with run:
         start, spent = 1, 0.0
         if state is not None:
@@ -267,13 +251,168 @@ def train_tracked(cfg: DictConfig, trainer: Trainer, data, device, state: dict |
     return final.get("val_accuracy", final["test_accuracy"])
 
 
-def roles(cfg: DictConfig, tuned: list[str]) -> dict[str, str]:
+TOGETHER_TAG = "archbench.together"  # on a run trained with others of its configuration: "k of K seeds"
+
+
+def train_together(cfg: DictConfig, device: torch.device, same) -> dict:
+    """The seeds of train.group (sweeps/together.py sets it), trained as one batched model
+    (batched.py), each seed its own MLflow run with what train_tracked gives an alone run: params,
+    config, summary, datasets, each epoch's metrics and checkpoint (an alone run resumes from it),
+    totals, the model, confusion matrix and predictions. Returns each seed's run id, score and error,
+    which the sweep's launcher hands out as the seeds' own job results."""
+    from archbench import batched
+
+    seeds = [int(s) for s in cfg.train.group]
+    why = batched.why_not(cfg)
+    if why:
+        raise ConfigError(f"train.group={seeds}: these seeds cannot train together: {why}")
+    members = [member_config(cfg, s) for s in seeds]
+    models, rngs = [], []
+    for member in members:  # each network as its run alone builds it, from its own seed
+        torch.manual_seed(member.seed)
+        models.append(fits.build(member, model_name(member)))
+        rngs.append(torch.get_rng_state())
+    if any(isinstance(m, torch.nn.modules.dropout._DropoutNd) for m in models[0].modules()):
+        raise ConfigError(f"train.group={seeds}: a network with dropout cannot train together")
+    set_threads(cfg, models[0], device)
+    runs.client(cfg.tracking.uri)
+    source = instantiate(cfg.dataset)
+    data = splits.for_job(source, Path(cfg.data_dir), device, cfg.train.val_fraction, cfg.seed)
+    models = [place(m, data, cfg.train.channels_last) for m in models]
+    stack = batched.Stack(models)
+    optimizer = instantiate(cfg.optimizer)(stack.parameters())
+    steps = epoch_batches(len(data.x_train), cfg.train.batch_size, None, None)
+    generators = [torch.Generator(device).manual_seed(s) for s in seeds]
+    trainer = Trainer(
+        model=stack,
+        optimizer=optimizer,
+        criterion=instantiate(cfg.loss.criterion),
+        batch_size=cfg.train.batch_size,
+        generator=generators[0],
+        amp=cfg.train.amp,
+        progress=cfg.train.progress,
+        bar=parallel_bar(),
+        scheduler=scheduler(cfg.scheduler, optimizer, steps_per_epoch=steps),
+        interval=cfg.scheduler.interval,
+    )
+    together = batched.TogetherTrainer(trainer, stack, generators, seeds)
+    picked, shape = picked_choices(cfg), fits.input_shape(cfg)
+    summary = model_summary(models[0], shape, cfg.train.batch_size, device)  # one shape: one summary
+    counts, work = parameter_counts(models[0]), mult_adds(models[0], shape, device)
+    opened, logged = [], []
+    try:
+        for k, member in enumerate(members):
+            overrides = member_overrides(member.seed)
+            keys = same and (identity.settings(member), same[1])  # its own seed's identity
+            tags = run_tags(member, picked, device, data, keys, overrides)
+            tags[TOGETHER_TAG] = f"{k + 1} of {len(seeds)} seeds"
+            run = runs.open_run(member, run_name(picked, member.seed), tags, sweep_dir())
+            opened.append(run.__enter__())
+            logged.append(runs.params(member, picked, device))
+            run.log_config(member, logged[-1])
+            run.log_text(summary, "model_summary.txt")
+            if data.lineage:
+                records.log_datasets(run, data.lineage)
+        spent = [0.0] * len(seeds)
+
+        def on_epoch_end(k: int, epoch: int, metrics: dict[str, float]) -> None:
+            spent[k] += metrics["epoch_time_s"]
+            metrics["epoch_time_s"] = round(metrics["epoch_time_s"], 3)
+            run = opened[k]
+            # the last run opened holds the signal handlers: a signal waits for these writes to end
+            with opened[-1].atomic():
+                if cfg.train.checkpoint:
+                    state = together.checkpoint(k, epoch, rngs[k])
+                    run.log_state({**state, "train_time_s": spent[k], "metrics": metrics})
+                run.log_metrics(metrics, step=epoch, once=True)
+
+        finals = together.fit(data, cfg.train.epochs, on_epoch_end=on_epoch_end)
+        predicted = together.predict(data.x_test)
+        results = []
+        for k, (member, run, final) in enumerate(zip(members, opened, finals, strict=True)):
+            if k in together.failed:
+                results.append({"seed": member.seed, "run_id": run.run_id, "error": together.failed[k]})
+                continue
+            totals = {
+                "params_total": counts["total"],
+                "params_trainable": counts["trainable"],
+                "mult_adds": work,
+                "train_time_s": round(spent[k], 3),
+            }
+            run.log_metrics(totals, step=cfg.train.epochs, once=True)
+            models[k].load_state_dict(stack.member(k))
+            records.log_outcome(run, member, models[k], data, predicted[k], cfg.train.epochs, logged[k])
+            score = final.get("val_accuracy", final["test_accuracy"])
+            results.append({"seed": member.seed, "run_id": run.run_id, "score": score})
+            figures = {**final, **totals}
+            log.info("%s: %s", run.name, ", ".join(f"{key}={v:.4g}" for key, v in figures.items()))
+    except BaseException as e:
+        for run in reversed(opened):  # the reverse of their opening: each hands back the signal handlers
+            run.__exit__(type(e), e, e.__traceback__)
+        raise
+    for k, run in reversed(list(enumerate(opened))):
+        error = together.failed.get(k)
+        run.__exit__(type(error) if error else None, error, None)
+    return {"together": results}
+
+
+def member_config(cfg: DictConfig, seed: int) -> DictConfig:
+    """A group's config as the job of one of its seeds has it: that seed, no group."""
+    member = copy.deepcopy(cfg)
+    with open_dict(member):
+        member.seed = seed
+        member.train.group = None
+    return member
+
+
+def member_overrides(seed: int) -> list[str]:
+    """The overrides of the job that `seed` would have had alone: its own seed=, no train.group."""
+    kept = [o for o in job_overrides() if not o.lstrip("+").startswith("train.group=")]
+    return [f"seed={seed}" if o.startswith("seed=") else o for o in kept]
+
+
+def picked_choices(cfg: DictConfig) -> dict[str, str]:
+    """The groups' choices that name this run: a network that takes no activation is not named by one."""
+    unused = fits.unused_groups(cfg.model)
+    return {group: choice for group, choice in choices().items() if group not in unused}
+
+
+def run_name(picked: dict[str, str], seed: int) -> str:
+    return "-".join(picked[g] for g in ("model", "activation", "optimizer") if g in picked) + f"-s{seed}"
+
+
+def run_tags(cfg: DictConfig, picked: dict, device, data, same, overrides: list[str]) -> dict[str, str]:
+    """A new run's tags: its choices, where it ran, its overrides and configuration, its role in a
+    tuned sweep, and `same` (identity.settings, code_version) as the keys reuse looks for."""
+    tuned = tuning.keys(cfg)  # tune=lr: the key chosen per configuration is not what sets it apart
+    return {
+        **picked,
+        "device": str(device),
+        "torch_version": torch.__version__,
+        "cuda_version": str(torch.version.cuda),
+        "archbench.overrides": " ".join(overrides),
+        "configuration": configuration(overrides, tuned if cfg.tune.role == "evaluation" else ()),
+        **roles(cfg, tuned, overrides),
+        **debug_tag(cfg),
+        **({runs.SLURM_TAG: slurm.job_id()} if slurm.job_id() else {}),
+        **(
+            {
+                identity.CONFIG_TAG: identity.config_key(same[0], data.source_digest),
+                identity.CODE_TAG: same[1],
+            }
+            if same and data.source_digest
+            else {}
+        ),
+    }
+
+
+def roles(cfg: DictConfig, tuned: list[str], overrides: list[str]) -> dict[str, str]:
     """A tuned sweep's job: its stage, the scientific configuration it serves, and what was tuned."""
     role = cfg.tune.get("role")
     if not role:
         return {}
     # the study is named as the configuration it tunes: without the split the tuning held out
-    study = configuration(job_overrides(), [*tuned, *(("train.val_fraction",) if role == "tuning" else ())])
+    study = configuration(overrides, [*tuned, *(("train.val_fraction",) if role == "tuning" else ())])
     found = {tuning.ROLE_TAG: role, tuning.STUDY_TAG: study}
     return found | ({tuning.TUNED_TAG: " ".join(tuned)} if role == "evaluation" else {})
 

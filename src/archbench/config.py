@@ -15,7 +15,8 @@ GROUPS = ("model", "activation", "optimizer", "dataset", "loss", "scheduler")  #
 # Overrides that say how or where a job ran, not what was trained: left out of its configuration.
 # (train.threads changes the last bits, not what a comparison is about.)
 NOT_CONFIGURATION = ("seed", "seeds", "tracking", "data_dir", "train.progress", "train.checkpoint",
-                     "train.threads", "resume", "race", "compare", "sweep", "tune")  # fmt: skip
+                     "train.threads", "train.together", "train.group", "resume", "race", "compare", "sweep",
+                     "tune")  # fmt: skip
 MODES = ("train", "inspect")
 HEADS = (None, "softmax", "log_softmax")
 INTERVALS = ("epoch", "batch")
@@ -217,8 +218,9 @@ def validate(cfg: DictConfig) -> "torch.device":
     _number(cfg, "train.batch_size", low=1, integer=True)
     _number(cfg, "train.val_fraction", low=0, high=1)
     _number(cfg, "train.threads", low=1, integer=True, optional=True)
-    if cfg.train.amp not in (True, False, "auto"):
-        raise ConfigError(f"train.amp must be auto, true or false, got {cfg.train.amp!r}")
+    for key in ("amp", "together"):
+        if cfg.train.get(key, "auto") not in (True, False, "auto"):
+            raise ConfigError(f"train.{key} must be auto, true or false, got {cfg.train[key]!r}")
     for flag in ("channels_last", "cudnn_benchmark", "compile", "checkpoint", "progress"):
         if not isinstance(cfg.train[flag], bool):
             raise ConfigError(f"train.{flag} must be true or false, got {cfg.train[flag]!r}")

@@ -22,16 +22,17 @@ from omegaconf import DictConfig, OmegaConf
 # Keys that say how or where a job ran, not what it trained: in config.yaml, not in the params, where
 # MLflow's runs table and compare page list them beside the configuration (51 params, with them).
 BOOKKEEPING = ("tracking", "train.progress", "train.checkpoint", "data_dir", "resume", "mode", "seeds",
-               "compare", "race", "sweep", "tune",
+               "compare", "race", "sweep", "tune", "train.group",
                "dataset.system_dir", "dataset.torchvision_class",  # where the data is
                "dataset.classes")  # fmt: skip
 CONFIG_TAG = "archbench.config_key"
 CODE_TAG = "archbench.code_version"
 # Not what a run trained: what its params leave out (where it is kept, how it showed, how a sweep
-# compares), and how many threads it had
-NOT_IDENTITY = (*BOOKKEEPING, "train.threads")
+# compares), how many threads it had, and whether its seed trained beside others (batched.py: the
+# same run, to float rounding)
+NOT_IDENTITY = (*BOOKKEEPING, "train.threads", "train.together")
 # archbench's own code that decides what a run learns: the networks, the data, the training loop
-TRAINING_CODE = ("models.py", "train.py", "data.py", "splits.py", "images.py", "augment.py",
+TRAINING_CODE = ("models.py", "train.py", "batched.py", "data.py", "splits.py", "images.py", "augment.py",
                  "stopping.py", "evaluation.py", "debug.py")  # fmt: skip
 OWN_PACKAGES = ("archbench", "torch", "torchvision", "hydra", "omegaconf", "functools", "builtins")
 

@@ -152,9 +152,10 @@ class Trainer:
             torch.argmax(out.detach(), 1, out=predicted[start : start + self.batch_size])
             if step % self.check_every == 0 and not math.isfinite(loss.item()):
                 raise Diverged(self._diverged(loss.item(), epoch, step))
-        sizes = torch.full((len(losses),), float(self.batch_size), device=x.device)
+        steps = _widened(torch.stack(losses))
+        sizes = torch.full((len(losses),), float(self.batch_size), device=x.device, dtype=steps.dtype)
         sizes[-1] = len(order) - self.batch_size * (len(losses) - 1)
-        mean_loss = float(torch.stack(losses).float() @ sizes) / len(order)
+        mean_loss = float(steps @ sizes) / len(order)
         if not math.isfinite(mean_loss):
             raise Diverged(self._diverged(mean_loss, epoch, len(starts) - 1))
         return mean_loss, (predicted == y.index_select(0, order)).sum().item() / len(order)
@@ -280,6 +281,11 @@ def keep_freed_memory() -> None:
         libc.mallopt(-1, 2**30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap for reuse
     except (OSError, AttributeError):
         pass
+
+
+def _widened(values: torch.Tensor) -> torch.Tensor:
+    """Losses to sum: bf16 (autocast) and float32 in float32, float64 as it is."""
+    return values if values.dtype == torch.float64 else values.float()
 
 
 def _sync(device: torch.device) -> None:

@@ -145,9 +145,7 @@ class ReusingLauncher:
         first = max(initial_job_idx, self.next_job)
         if not self.enabled:
             print(f"sweep.reuse=false: training all {len(job_overrides)} runs", flush=True)
-            results = self.launcher.launch(job_overrides, initial_job_idx=first)
-            self.next_job = first + len(job_overrides)
-            return results
+            return self._launch(job_overrides, first)
         parent_id = (sweep_dir / PARENT_FILE).read_text().strip()
         mlflow_client = client(self.config.tracking.uri)
         decisions = [self._decide(mlflow_client, overrides) for overrides in job_overrides]
@@ -169,8 +167,7 @@ class ReusingLauncher:
             for overrides, d in zip(job_overrides, decisions, strict=True)
             if d.action in ("resume", "train")
         ]
-        results = iter(self.launcher.launch(launched, initial_job_idx=first) if launched else [])
-        self.next_job = first + len(launched)
+        results = iter(self._launch(launched, first))
         return [
             next(results)
             if d.action in ("resume", "train")
@@ -179,6 +176,22 @@ class ReusingLauncher:
             else _reused(overrides, d.run)
             for overrides, d in zip(job_overrides, decisions, strict=True)
         ]
+
+    def _launch(self, job_overrides: list[list[str]], first: int) -> list[JobReturn]:
+        """Launch these jobs, the seeds of one configuration as one job where they train together
+        (together.py); returns each job's own result."""
+        from archbench.sweeps import together
+
+        if not job_overrides:
+            return []
+        planned = together.plan(job_overrides, self._composed)
+        grouped = len(job_overrides) - len(planned)
+        if grouped:
+            print(f"{len(job_overrides)} runs in {len(planned)} jobs: seeds of one configuration train "
+                  "together (train.together=false trains each alone)", flush=True)  # fmt: skip
+        results = self.launcher.launch([o for o, _ in planned], initial_job_idx=first)
+        self.next_job = first + len(planned)
+        return together.expand(job_overrides, planned, list(results))
 
     def _waited(self, mlflow_client, overrides: list[str], decision: Decision) -> JobReturn:
         """The result of a run that another sweep claimed and resumes, once that resume ends."""
