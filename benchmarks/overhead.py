@@ -62,6 +62,11 @@ with torch.no_grad():
 """
 
 
+# A notebook's first cell: the comparison of an experiment, shown (its repr is the table)
+API_COMPARE = (
+    "import sys, archbench; print(repr(archbench.compare(experiment='archbench', tracking_uri=sys.argv[1])))"
+)
+
 # What a user runs, shrunk by nothing but the scenario's own overrides: (name, arguments after python).
 SCENARIOS = {
     "one": ("one run, 1 epoch, 1 thread", ["run.py", "train.epochs=1", "train.threads=1"]),
@@ -76,8 +81,11 @@ SCENARIOS = {
     ),
     "report": ("report: --experiment of the 1-epoch preset's 15 runs", ["-m", "archbench.report"]),
     "stored": ("the same report again, the store unchanged", ["-m", "archbench.report"]),
+    "api": ("archbench.compare(experiment=...) of those 15 runs, a new process", ["-c", API_COMPARE]),
+    "api-stored": ("the same archbench.compare() again, the store unchanged", ["-c", API_COMPARE]),
 }
-REPORTS = ("report", "stored")
+REPORTS = ("report", "stored", "api", "api-stored")
+ASKED_BEFORE = ("stored", "api-stored")
 
 
 def scenario(
@@ -89,7 +97,9 @@ def scenario(
     uri = f"sqlite:///{store}"
     if key in REPORTS and not (tree / "src/archbench/report.py").exists():
         args = ["-m", "archbench.compare.report"]  # its name before issue 35's layers
-    if key in REPORTS:
+    if key.startswith("api"):
+        args = [*args, uri]
+    elif key in REPORTS:
         args = [*args, "--tracking-uri", uri, "--experiment", "archbench", "--out", str(folder / "report")]
     else:
         args = [*args, "train.progress=false", f"tracking.uri={uri}", f"data_dir={ROOT / 'data'}",
@@ -139,7 +149,7 @@ def sweeps(keys: list[str], against: str | None, data: str, tmp: Path) -> list[s
                 store = tmp / f"{'activations1' if key in REPORTS else key}-{i}.db"
                 if key in REPORTS and not store.exists():  # the report reads the 1-epoch preset's runs
                     scenario(tree, "activations1", data, tmp / f"for-report-{i}", store)
-                if key == "stored":  # asked once before, on the same store and folder
+                if key in ASKED_BEFORE:  # asked once before, on the same store and folder
                     scenario(tree, key, data, tmp / f"{key}-{i}", store)
                 wall, train, _ = scenario(tree, key, data, tmp / f"{key}-{i}", store)
                 cells = (

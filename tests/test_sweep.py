@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -366,3 +367,33 @@ def test_debug_runs_are_marked_as_not_results(tmp_path):
     table = markdown(Comparison.of(tables.sweep_runs(mlflow_client, pid), "sweep-known"))
     assert "**Debug runs, not results** (activation=elu): shrunk by +debug or train.limit_batches." in table
     assert "| activation=elu (debug) | 1 |" in table
+
+
+def test_the_notebooks_compare_asked_again_of_an_unchanged_store_gives_its_comparison(tmp_path, monkeypatch):
+    """archbench.compare() keeps its comparison as the report keeps its output: asked again, in a
+    process of its own, it gives the same table without MLflow or torch; a write compares again."""
+    import archbench
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    mlflow_client, exp, pid = known_store(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    computed = []
+    compare = lookup.Question.compare
+    monkeypatch.setattr(lookup.Question, "compare", lambda *a: computed.append(a) or compare(*a))
+    first = archbench.compare(experiment="known", tracking_uri=uri)
+    again = archbench.compare(experiment="known", tracking_uri=uri)
+    assert len(computed) == 1 and repr(again) == repr(first) and again.table.equals(first.table)
+    assert archbench.compare(parent=pid, tracking_uri=uri).parent_id == pid and len(computed) == 2
+
+    code = (
+        "import sys, archbench; "
+        f"c = archbench.compare(experiment='known', tracking_uri={uri!r}); print(repr(c)); "
+        "print(sorted({'mlflow', 'torch'} & set(sys.modules)))"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert done.stdout == repr(first) + "\n[]\n"
+
+    add_runs(mlflow_client, exp, pid, {"tanh": [0.861, 0.869]}, [3, 4])
+    later = archbench.compare(experiment="known", tracking_uri=uri)
+    assert len(computed) == 3 and later.table.loc["activation=tanh", "n"] == 5

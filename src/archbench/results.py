@@ -4,7 +4,7 @@ comparison, a network's inspection."""
 import functools
 import html
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -81,9 +81,16 @@ class Comparison:
     `.runs` (a row per run), `.parent_id`, the two UI links, and its charts on request."""
 
     comp: object  # archbench.comparing.comparison.Comparison
-    client: object = field(repr=False)  # an MlflowClient on its store
+    tracking_uri: str  # its store
     parent: str | None = None  # the sweep's parent run; None for an experiment's
     experiment_id: str = ""
+
+    @functools.cached_property
+    def client(self):
+        """An MlflowClient on its store: made when a link or the curves need it, not to show the table."""
+        from archbench.tracking import store
+
+        return store.client(self.tracking_uri)
 
     @property
     def parent_id(self) -> str | None:

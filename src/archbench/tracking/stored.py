@@ -11,12 +11,14 @@ changed, it would print the same. So `recall` prints the kept output without imp
   unchanged, so that a write landing while a report computes is never taken for part of it.
 - archbench's own code is part of the key: another version may compare differently.
 The output is kept in the user's cache folder (as the store's template is, store.py), a file per
-request, so that the report's own folder holds only its comparisons.
+request, so that the report's own folder holds only its comparisons. The notebook's
+`archbench.compare()` keeps its comparison object the same way (`keep_object`, pickled).
 """
 
 import hashlib
 import json
 import os
+import pickle
 from pathlib import Path
 
 
@@ -46,9 +48,9 @@ def _code() -> str:
     return digest.hexdigest()[:16]
 
 
-def _kept(request: str) -> Path:
+def _kept(request: str, suffix: str = ".json") -> Path:
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "archbench" / "reports"
-    return cache / f"{hashlib.sha256(request.encode()).hexdigest()[:24]}.json"
+    return cache / f"{hashlib.sha256(request.encode()).hexdigest()[:24]}{suffix}"
 
 
 def recall(request: str, uri: str) -> str | None:
@@ -66,6 +68,37 @@ def recall(request: str, uri: str) -> str | None:
     return kept["text"]
 
 
+def recall_object(request: str, uri: str):
+    """The object kept for `request` (the notebook's comparison, pickled), where the store and
+    archbench are as they were; else None. The cache folder is the user's own, as the store is."""
+    try:
+        kept = pickle.loads(_kept(request, ".pickle").read_bytes())
+    except Exception:  # noqa: BLE001 (none kept, a partial file, a class that moved: compute again)
+        return None
+    now = state(uri)
+    if kept.get("request") != request or now is None or kept["state"] != now or kept["code"] != _code():
+        return None
+    return kept["object"]
+
+
+def keep_object(request: str, before: list | None, obj) -> None:
+    """Keep `obj`, computed from the store as it was in state `before` (as `keep` does)."""
+    if before is None:
+        return
+    _write(_kept(request, ".pickle"), pickle.dumps({"request": request, "state": before, "code": _code(),
+                                                   "object": obj}))  # fmt: skip
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_bytes(data)
+        partial.replace(path)  # whole or not at all: a process killed meanwhile leaves the old one
+    except OSError:
+        pass
+
+
 def keep(request: str, before: list | None, text: str, files: list[Path]) -> None:
     """Keep a report's output (`text`), computed from the store as it was in state `before`; where
     the cache folder takes no writes, nothing is kept."""
@@ -73,11 +106,4 @@ def keep(request: str, before: list | None, text: str, files: list[Path]) -> Non
         return
     record = {"request": request, "state": before, "code": _code(), "text": text}
     record["files"] = [str(Path(f).resolve()) for f in files]
-    path = _kept(request)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}")
-        partial.write_text(json.dumps(record))
-        partial.replace(path)  # whole or not at all: a report killed meanwhile leaves the old one
-    except OSError:
-        pass
+    _write(_kept(request), json.dumps(record).encode())
