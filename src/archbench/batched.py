@@ -116,11 +116,7 @@ class TogetherTrainer:
     def _check(self, losses: torch.Tensor, epoch: int, step: int) -> None:
         for k, value in enumerate(losses.tolist()):
             if k not in self.failed and not math.isfinite(value):
-                lr = self.trainer.optimizer.param_groups[0]["lr"]
-                self.failed[k] = Diverged(
-                    f"training loss became {value} at epoch {epoch}, batch {step + 1}: "
-                    f"the run diverged; try a smaller optimizer.lr (now {lr})"
-                )
+                self.failed[k] = Diverged(self.trainer._diverged(value, epoch, step))  # as alone
 
     @torch.inference_mode()
     def evaluate(
