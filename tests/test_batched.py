@@ -53,6 +53,15 @@ def trainer(model, optimizer, seed, batch_size, criterion, device="cpu"):
     )
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Each test on 1 thread, as a sweep's job; the process's count back afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 OPTIMIZERS = {
     "sgd_momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-4),
     "adam": lambda p: torch.optim.Adam(p, lr=1e-3),
@@ -64,7 +73,6 @@ def test_each_seed_trains_exactly_as_alone(name):
     """float64, 200 steps (4 epochs of 50 batches): every member's losses, step by step, its epoch
     metrics and its parameters equal its seed's run alone to 1e-10; so does its checkpoint, which
     an alone Trainer loads and continues from."""
-    torch.set_num_threads(1)
     exactly_as_alone(name, torch.device("cpu"))
 
 
@@ -147,7 +155,6 @@ def test_twenty_seeds_together_are_twenty_seeds_alone():
     whose means are equivalent within half a seed's sd (TOST, statsmodels), and the same verdict."""
     from statsmodels.stats.weightstats import ttost_paired
 
-    torch.set_num_threads(1)
     data, seeds = task(n=2000, n_test=1000, dim=784, dtype=torch.float32, noise=14.0), list(range(20))
     rows = []
     for activation in (nn.Tanh, nn.Sigmoid):
@@ -206,9 +213,8 @@ def test_a_sweep_trains_its_seeds_together_each_its_own_run(tmp_path):
     ]
     run = children[0]
     seed = run.data.params["seed"]
-    assert run.data.tags["archbench.overrides"].endswith(f"seed={seed}") and "train.group" not in str(
-        run.data
-    )
+    tag = run.data.tags["archbench.overrides"]
+    assert f"seed={seed}" in tag.split() and "train.group" not in str(run.data)
     from conftest import store
 
     client = store(tmp_path / "together")
@@ -248,3 +254,53 @@ def test_together_true_where_seeds_cannot_is_one_line_before_any_job(tmp_path):
     done = run_py(tmp_path, "train.together=sometimes")
     assert done.returncode != 0
     assert "train.together must be auto, true or false, got 'sometimes'" in done.stderr + done.stdout
+
+
+def test_the_launcher_groups_seeds_and_hands_each_its_own_result():
+    """together.plan groups the jobs that differ only in seed= (up to GROUP_MAX a job), keeps the
+    others alone, and expand gives every original job its own result, in order: a seed's run id and
+    score, a diverged seed's error, a whole failed group's error for each of its seeds."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf
+
+    from archbench.sweeps import together
+
+    cfg = OmegaConf.create({"train": {"together": True}, "tune": {"role": None}})
+    jobs = [[f"seed={s}", f"activation={a}"] for s in range(3) for a in ("relu", "tanh")]
+    jobs.append(["seed=0", "activation=relu", "resume=abc"])  # a resume trains alone
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("archbench.batched.why_not", lambda c: None)
+        patch.setattr(together, "GROUP_MAX", 2)
+        planned = together.plan(jobs, lambda overrides: cfg)
+    assert planned == [
+        (["seed=0", "activation=relu", "++train.group=[0,1]"], [0, 2]),
+        (["seed=0", "activation=tanh", "++train.group=[0,1]"], [1, 3]),
+        (["seed=2", "activation=relu"], [4]),  # a group of one is a job alone
+        (["seed=2", "activation=tanh"], [5]),
+        (["seed=0", "activation=relu", "resume=abc"], [6]),
+    ]
+    assert together.members(planned[1][0]) == [["seed=0", "activation=tanh"], ["seed=1", "activation=tanh"]]
+    diverged = RuntimeError("diverged")
+    results = [
+        JobReturn(status=JobStatus.COMPLETED, _return_value={"together": [
+            {"seed": 0, "run_id": "r0", "score": 0.8}, {"seed": 1, "run_id": "r1", "error": diverged}]}),
+        JobReturn(status=JobStatus.FAILED, _return_value=ValueError("no data")),
+        *(JobReturn(overrides=jobs[i], status=JobStatus.COMPLETED, _return_value=v)
+          for i, v in ((4, 0.7), (5, 0.6), (6, 0.5))),
+    ]  # fmt: skip
+    out = together.expand(jobs, planned, results)
+    assert [r.overrides for r in out] == jobs
+    assert isinstance(out[0], together.TrainedTogether)
+    assert (out[0].run_id, out[0].return_value) == ("r0", 0.8)
+    assert out[2].status == JobStatus.FAILED and out[2]._return_value is diverged
+    assert [out[i]._return_value.args for i in (1, 3)] == [("no data",), ("no data",)]
+    assert [out[i].return_value for i in (4, 5, 6)] == [0.7, 0.6, 0.5]
+
+
+def test_auto_groups_nothing_while_nothing_measured_faster():
+    from omegaconf import OmegaConf
+
+    from archbench.sweeps import together
+
+    cfg = OmegaConf.create({"train": {"together": "auto"}, "device": "cuda", "model": {"_target_": "x.MLP"}})
+    assert not together.FASTER and not together.chosen(cfg)  # and no device is looked for

@@ -72,8 +72,10 @@ def run_job(cfg: DictConfig) -> float | None:
     same = (
         None if cfg.resume or cfg.mode == "inspect" else (identity.settings(cfg), identity.code_version(cfg))
     )
-    requeued = slurm.restarted() and not cfg.resume
-    if requeued:  # Slurm started this job again (pre-emption, time limit): continue its run, if it had one
+    # Slurm started this job again (pre-emption, time limit): continue its run, if it had one. A job
+    # of seeds together starts its group again: its runs share the job's id, and each resumes alone
+    requeued = slurm.restarted() and not cfg.resume and not cfg.train.get("group")
+    if requeued:
         earlier = runs.job_run(cfg, sweep_dir(), slurm.job_id())
         if earlier is not None and earlier.info.status == "FINISHED":  # requeued as it ended: it is done
             return earlier.data.metrics.get("val_accuracy", earlier.data.metrics.get("test_accuracy"))
@@ -275,6 +277,8 @@ def train_together(cfg: DictConfig, device: torch.device, same) -> dict:
     if any(isinstance(m, torch.nn.modules.dropout._DropoutNd) for m in models[0].modules()):
         raise ConfigError(f"train.group={seeds}: a network with dropout cannot train together")
     set_threads(cfg, models[0], device)
+    for member in members:  # logged as used, as an alone run logs it
+        member.train.threads = cfg.train.threads
     runs.client(cfg.tracking.uri)
     source = instantiate(cfg.dataset)
     data = splits.for_job(source, Path(cfg.data_dir), device, cfg.train.val_fraction, cfg.seed)
@@ -303,7 +307,8 @@ def train_together(cfg: DictConfig, device: torch.device, same) -> dict:
     try:
         for k, member in enumerate(members):
             overrides = member_overrides(member.seed)
-            keys = same and (identity.settings(member), same[1])  # its own seed's identity
+            # its own seed's identity, from the settings as composed (before images.settle filled any)
+            keys = same and ({**same[0], "seed": str(member.seed)}, same[1])
             tags = run_tags(member, picked, device, data, keys, overrides)
             tags[TOGETHER_TAG] = f"{k + 1} of {len(seeds)} seeds"
             run = runs.open_run(member, run_name(picked, member.seed), tags, sweep_dir())
@@ -321,9 +326,14 @@ def train_together(cfg: DictConfig, device: torch.device, same) -> dict:
             run = opened[k]
             # the last run opened holds the signal handlers: a signal waits for these writes to end
             with opened[-1].atomic():
-                if cfg.train.checkpoint:
-                    state = together.checkpoint(k, epoch, rngs[k])
-                    run.log_state({**state, "train_time_s": spent[k], "metrics": metrics})
+                try:
+                    if cfg.train.checkpoint:
+                        state = together.checkpoint(k, epoch, rngs[k])
+                        run.log_state({**state, "train_time_s": spent[k], "metrics": metrics})
+                except BaseException:  # as train_tracked: the epoch's figures stay if they can
+                    with contextlib.suppress(Exception):
+                        run.log_metrics(metrics, step=epoch, once=True)
+                    raise
                 run.log_metrics(metrics, step=epoch, once=True)
 
         finals = together.fit(data, cfg.train.epochs, on_epoch_end=on_epoch_end)
@@ -339,9 +349,10 @@ def train_together(cfg: DictConfig, device: torch.device, same) -> dict:
                 "mult_adds": work,
                 "train_time_s": round(spent[k], 3),
             }
-            run.log_metrics(totals, step=cfg.train.epochs, once=True)
             models[k].load_state_dict(stack.member(k))
-            records.log_outcome(run, member, models[k], data, predicted[k], cfg.train.epochs, logged[k])
+            with opened[-1].atomic():  # the last run opened holds the signal handlers
+                run.log_metrics(totals, step=cfg.train.epochs, once=True)
+                records.log_outcome(run, member, models[k], data, predicted[k], cfg.train.epochs, logged[k])
             score = final.get("val_accuracy", final["test_accuracy"])
             results.append({"seed": member.seed, "run_id": run.run_id, "score": score})
             figures = {**final, **totals}

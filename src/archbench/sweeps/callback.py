@@ -109,13 +109,16 @@ class MlflowSweep(Callback):
             return
         if OmegaConf.select(config, "tune.role") == "tuning":  # a failed trial of its study (tuning.json)
             return
+        from archbench.sweeps import together
+
         error = job_return._return_value  # the exception; the public getter re-raises it
-        record = {
-            "overrides": redact_overrides(job_return.overrides),
-            "choices": {g: str(config.hydra.runtime.choices.get(g)) for g in GROUPS},
-            "error": f"{type(error).__name__}: {error}",
-        }
-        Path(config.hydra.runtime.output_dir, FAILED_FILE).write_text(json.dumps(record))
+        choices = {g: str(config.hydra.runtime.choices.get(g)) for g in GROUPS}
+        said = f"{type(error).__name__}: {error}"
+        records = [  # a job of seeds together: a record per seed, as its own job's would be
+            {"overrides": redact_overrides(o), "choices": choices, "error": said}
+            for o in together.members(list(job_return.overrides))
+        ]
+        Path(config.hydra.runtime.output_dir, FAILED_FILE).write_text(json.dumps(records))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         atexit.unregister(self._finish)
@@ -148,9 +151,10 @@ class MlflowSweep(Callback):
         parent = mlflow_client.get_run(parent_id)
         started = parent.info.start_time / 1000
         failures = [
-            json.loads(p.read_text())
+            record
             for p in sorted(sweep_dir.glob(f"*/{FAILED_FILE}"))
             if p.stat().st_mtime >= started
+            for record in _records(json.loads(p.read_text()))
         ]
         record = sweep_dir / race.RECORD
         raced = json.loads(record.read_text()) if record.is_file() else None
@@ -226,6 +230,11 @@ class MlflowSweep(Callback):
         if interrupted or failures or statuses - {"FINISHED"}:
             return "FAILED"
         return "FINISHED"
+
+
+def _records(found) -> list[dict]:
+    """A job_failed.json's records: a list, or one record (as archbench wrote it before seeds together)."""
+    return found if isinstance(found, list) else [found]
 
 
 def _reused_note(tags: dict[str, str]) -> str:

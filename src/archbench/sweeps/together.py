@@ -38,7 +38,9 @@ FASTER: set[tuple[str, str]] = set()
 def pays(cfg: DictConfig) -> bool:
     """Whether this configuration's network kind (MLP, CNN) on its device is in FASTER."""
     kind = str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1]
-    return (kind, pick_device(cfg.device).type) in FASTER
+    # the device the jobs will train on, which the launcher's machine (a Slurm login node) may lack
+    device = str(cfg.device).split(":")[0]
+    return (kind, pick_device("auto").type if device == "auto" else device) in FASTER
 
 
 def chosen(cfg: DictConfig) -> bool:
@@ -48,7 +50,7 @@ def chosen(cfg: DictConfig) -> bool:
 
     mode = cfg.train.get("together", "auto")
     # a tuning study's trials draw a validation split per seed: they train alone, whatever mode says
-    if mode is False or OmegaConf.select(cfg, "tune.role") == "tuning":
+    if mode is False or (mode == "auto" and not FASTER) or OmegaConf.select(cfg, "tune.role") == "tuning":
         return False
     why = batched.why_not(cfg)
     if mode is True and why:
@@ -74,9 +76,23 @@ def plan(job_overrides: list[list[str]], compose) -> list[tuple[list[str], list[
             continue
         for at in range(0, len(members), GROUP_MAX):
             part = members[at : at + GROUP_MAX]
+            if len(part) == 1:  # the rest of a split group: alone
+                jobs.append((job_overrides[part[0][1]], [part[0][1]]))
+                continue
             seeds = ",".join(str(s) for s, _ in part)
-            jobs.append(([*rest, f"seed={part[0][0]}", f"{GROUP_KEY}=[{seeds}]"], [i for _, i in part]))
+            # the first seed's own job, seed= where the sweeper put it, plus the group
+            jobs.append(([*job_overrides[part[0][1]], f"{GROUP_KEY}=[{seeds}]"], [i for _, i in part]))
     return sorted(jobs, key=lambda job: job[1][0])  # in the order the sweeper asked for them
+
+
+def members(overrides: list[str]) -> list[list[str]]:
+    """The overrides of each seed's own job, for a job of seeds together; [overrides] for any other."""
+    group = next((o for o in overrides if o.startswith(GROUP_KEY + "=")), None)
+    if group is None:
+        return [overrides]
+    seeds = [int(s) for s in group.split("=", 1)[1].strip("[]").split(",")]
+    rest = [o for o in overrides if o != group]
+    return [[f"seed={s}" if SEED_OVERRIDE.fullmatch(o) else o for o in rest] for s in seeds]
 
 
 def expand(job_overrides: list[list[str]], planned, results: list[JobReturn]) -> list[JobReturn]:
@@ -86,14 +102,17 @@ def expand(job_overrides: list[list[str]], planned, results: list[JobReturn]) ->
         if not any(o.startswith(GROUP_KEY) for o in overrides):
             out[members[0]] = result
             continue
-        failed = result.status != JobStatus.COMPLETED
-        seeds = {} if failed else {r["seed"]: r for r in result.return_value["together"]}
+        value = result._return_value  # (the public getter raises a failed job's error)
+        done = result.status == JobStatus.COMPLETED and isinstance(value, dict) and "together" in value
+        seeds = {r["seed"]: r for r in value["together"]} if done else {}
+        if result.status == JobStatus.COMPLETED and not done:
+            value = RuntimeError(f"the job of seeds together gave no result per seed: {value!r}")
         for i in members:
             mine = job_overrides[i]
             seed = next(int(m.group(1)) for o in mine if (m := SEED_OVERRIDE.fullmatch(o)))
             found = seeds.get(seed)
             if found is None or "error" in found:  # the whole job failed, or this seed diverged
-                error = result._return_value if found is None else found["error"]
+                error = value if found is None else found["error"]
                 out[i] = JobReturn(overrides=mine, status=JobStatus.FAILED, _return_value=error)
             else:
                 out[i] = TrainedTogether(
