@@ -77,7 +77,7 @@ def alone(cfg, data: Splits, seeds: list[int]) -> float:
 def together(cfg, data: Splits, seeds: list[int]) -> float:
     """Seconds of training an epoch, per seed, all seeds at once."""
     stack = Stack([place(network(cfg, s), data, cfg.train.channels_last) for s in seeds])
-    t = TogetherTrainer(trainer(stack, 0), stack, [torch.Generator().manual_seed(s) for s in seeds], seeds)
+    t = TogetherTrainer(trainer(stack, 0), stack, [torch.Generator().manual_seed(s) for s in seeds])
     tic = time.perf_counter()
     t.train_one_epoch(data.x_train, data.y_train, 1)
     return (time.perf_counter() - tic) / len(seeds)

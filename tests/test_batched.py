@@ -97,7 +97,6 @@ def exactly_as_alone(name: str, device: torch.device) -> None:
         trainer(stack, OPTIMIZERS[name](stack.parameters()), 0, batch, criterion, device),
         stack,
         [torch.Generator(device).manual_seed(s) for s in seeds],
-        seeds,
     )
     histories = [[] for _ in seeds]
     together.fit(data, epochs, on_epoch_end=lambda k, e, m: histories[k].append(m))
@@ -137,7 +136,6 @@ def test_a_diverged_member_leaves_the_others():
         trainer(stack, torch.optim.SGD(stack.parameters(), lr=0.05), 0, 20, nn.CrossEntropyLoss()),
         stack,
         [torch.Generator().manual_seed(s) for s in seeds],
-        seeds,
     )
     logged = []
     together.fit(data, 2, on_epoch_end=lambda k, e, m: logged.append(k))
@@ -172,7 +170,6 @@ def test_twenty_seeds_together_are_twenty_seeds_alone():
             trainer(stack, torch.optim.SGD(stack.parameters(), lr=0.05), 0, 50, nn.CrossEntropyLoss()),
             stack,
             [torch.Generator().manual_seed(s) for s in seeds],
-            seeds,
         )
         for s, final in zip(seeds, together.fit(data, 2), strict=True):
             rows.append(("together", activation.__name__, s, final["test_accuracy"]))
@@ -263,6 +260,7 @@ def test_the_launcher_groups_seeds_and_hands_each_its_own_result():
     from hydra.core.utils import JobReturn, JobStatus
     from omegaconf import OmegaConf
 
+    from archbench.config import seed_jobs
     from archbench.sweeps import together
 
     cfg = OmegaConf.create({"train": {"together": True}, "tune": {"role": None}})
@@ -279,7 +277,7 @@ def test_the_launcher_groups_seeds_and_hands_each_its_own_result():
         (["seed=2", "activation=tanh"], [5]),
         (["seed=0", "activation=relu", "resume=abc"], [6]),
     ]
-    assert together.members(planned[1][0]) == [["seed=0", "activation=tanh"], ["seed=1", "activation=tanh"]]
+    assert seed_jobs(planned[1][0]) == [["seed=0", "activation=tanh"], ["seed=1", "activation=tanh"]]
     diverged = RuntimeError("diverged")
     results = [
         JobReturn(status=JobStatus.COMPLETED, _return_value={"together": [

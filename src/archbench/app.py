@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from archbench import cpus, fits, identity, images, slurm, splits, tuning
 from archbench.augment import augmentation
-from archbench.config import GROUPS, ConfigError, configuration, validate
+from archbench.config import GROUPS, ConfigError, configuration, seed_jobs, validate
 from archbench.debug import CannotOverfit, debug_tag, epoch_batches
 from archbench.stopping import EarlyStopping
 from archbench.summary import breakdown, model_summary, mult_adds, parameter_counts
@@ -274,8 +274,6 @@ def train_together(cfg: DictConfig, device: torch.device, same) -> dict:
         torch.manual_seed(member.seed)
         models.append(fits.build(member, model_name(member)))
         rngs.append(torch.get_rng_state())
-    if any(isinstance(m, torch.nn.modules.dropout._DropoutNd) for m in models[0].modules()):
-        raise ConfigError(f"train.group={seeds}: a network with dropout cannot train together")
     set_threads(cfg, models[0], device)
     for member in members:  # logged as used, as an alone run logs it
         member.train.threads = cfg.train.threads
@@ -283,7 +281,10 @@ def train_together(cfg: DictConfig, device: torch.device, same) -> dict:
     source = instantiate(cfg.dataset)
     data = splits.for_job(source, Path(cfg.data_dir), device, cfg.train.val_fraction, cfg.seed)
     models = [place(m, data, cfg.train.channels_last) for m in models]
-    stack = batched.Stack(models)
+    try:
+        stack = batched.Stack(models)
+    except ValueError as e:  # what why_not cannot see in a config: a buffer or dropout in the network
+        raise ConfigError(f"train.group={seeds}: {e}") from None
     optimizer = instantiate(cfg.optimizer)(stack.parameters())
     steps = epoch_batches(len(data.x_train), cfg.train.batch_size, None, None)
     generators = [torch.Generator(device).manual_seed(s) for s in seeds]
@@ -299,14 +300,15 @@ def train_together(cfg: DictConfig, device: torch.device, same) -> dict:
         scheduler=scheduler(cfg.scheduler, optimizer, steps_per_epoch=steps),
         interval=cfg.scheduler.interval,
     )
-    together = batched.TogetherTrainer(trainer, stack, generators, seeds)
+    together = batched.TogetherTrainer(trainer, stack, generators)
     picked, shape = picked_choices(cfg), fits.input_shape(cfg)
     summary = model_summary(models[0], shape, cfg.train.batch_size, device)  # one shape: one summary
     counts, work = parameter_counts(models[0]), mult_adds(models[0], shape, device)
     opened, logged = [], []
+    own_jobs = seed_jobs(job_overrides())  # each seed's overrides, as its own job's would be
     try:
         for k, member in enumerate(members):
-            overrides = member_overrides(member.seed)
+            overrides = own_jobs[k]
             # its own seed's identity, from the settings as composed (before images.settle filled any)
             keys = same and ({**same[0], "seed": str(member.seed)}, same[1])
             tags = run_tags(member, picked, device, data, keys, overrides)
@@ -374,12 +376,6 @@ def member_config(cfg: DictConfig, seed: int) -> DictConfig:
         member.seed = seed
         member.train.group = None
     return member
-
-
-def member_overrides(seed: int) -> list[str]:
-    """The overrides of the job that `seed` would have had alone: its own seed=, no train.group."""
-    kept = [o for o in job_overrides() if not o.lstrip("+").startswith("train.group=")]
-    return [f"seed={seed}" if o.startswith("seed=") else o for o in kept]
 
 
 def picked_choices(cfg: DictConfig) -> dict[str, str]:

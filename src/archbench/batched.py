@@ -40,7 +40,9 @@ class Stack(nn.Module):
         super().__init__()
         params, buffers = stack_module_state(members)
         if buffers:
-            raise ValueError(f"networks with buffers (BatchNorm) cannot train together: {sorted(buffers)}")
+            raise ValueError(f"a network with buffers (BatchNorm) cannot train together: {sorted(buffers)}")
+        if any(isinstance(m, nn.modules.dropout._DropoutNd) for m in members[0].modules()):
+            raise ValueError("a network with dropout cannot train together: its masks would not be its own")
         self.names = list(params)
         self.stacked = nn.ParameterList([nn.Parameter(params[n].detach().clone()) for n in self.names])
         self.base = [copy.deepcopy(members[0]).to("meta")]  # a list: not a submodule of the stack
@@ -74,8 +76,8 @@ class TogetherTrainer:
     generator), with one optimizer step for all. A member whose loss stops being finite is marked
     failed (its error kept) and leaves the others as they are: its slice of every tensor is its own."""
 
-    def __init__(self, trainer: Trainer, stack: Stack, generators: list[torch.Generator], seeds: list[int]):
-        self.trainer, self.stack, self.generators, self.seeds = trainer, stack, generators, seeds
+    def __init__(self, trainer: Trainer, stack: Stack, generators: list[torch.Generator]):
+        self.trainer, self.stack, self.generators = trainer, stack, generators
         self.failed: dict[int, Diverged] = {}
 
     def train_one_epoch(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> list[tuple[float, float]]:

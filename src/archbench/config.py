@@ -32,6 +32,21 @@ class ConfigError(CompactHydraException):
     """A config value that archbench cannot run with; Hydra prints it as one line."""
 
 
+SEED_OVERRIDE = re.compile(r"seed=(\d+)")  # as the sweeper writes a replicate: seed=range(0,${seeds})
+GROUP_KEY = "++train.group"  # a job of seeds together (sweeps/together.py): ++train.group=[0,1,2]
+
+
+def seed_jobs(overrides: list[str]) -> list[list[str]]:
+    """The overrides of each seed's own job, for a job of seeds together (seed= where the sweeper put
+    it, no group); [overrides] for any other job."""
+    group = next((o for o in overrides if o.startswith(GROUP_KEY + "=")), None)
+    if group is None:
+        return [overrides]
+    seeds = [int(s) for s in group.split("=", 1)[1].strip("[]").split(",")]
+    rest = [o for o in overrides if o != group]
+    return [[f"seed={s}" if SEED_OVERRIDE.fullmatch(o) else o for o in rest] for s in seeds]
+
+
 def configuration(overrides: list[str], tuned: tuple[str, ...] | list[str] = ()) -> str:
     """What a run compared: its overrides minus seed and bookkeeping, sorted; runs that differ only
     by seed share it, so a comparison groups them (and MLflow's runs table can, by this tag).

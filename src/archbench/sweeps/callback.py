@@ -20,7 +20,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from archbench.config import GROUPS, ConfigError, validate_sweep
+from archbench.config import GROUPS, ConfigError, seed_jobs, validate_sweep
 from archbench.tracking import store, views
 from archbench.tracking.runs import PARENT_FILE, Terminated, client, experiment_id, redact_overrides
 
@@ -109,14 +109,12 @@ class MlflowSweep(Callback):
             return
         if OmegaConf.select(config, "tune.role") == "tuning":  # a failed trial of its study (tuning.json)
             return
-        from archbench.sweeps import together
-
         error = job_return._return_value  # the exception; the public getter re-raises it
         choices = {g: str(config.hydra.runtime.choices.get(g)) for g in GROUPS}
         said = f"{type(error).__name__}: {error}"
         records = [  # a job of seeds together: a record per seed, as its own job's would be
             {"overrides": redact_overrides(o), "choices": choices, "error": said}
-            for o in together.members(list(job_return.overrides))
+            for o in seed_jobs(list(job_return.overrides))
         ]
         Path(config.hydra.runtime.output_dir, FAILED_FILE).write_text(json.dumps(records))
 

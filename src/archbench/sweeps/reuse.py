@@ -19,7 +19,6 @@ any left in the sweep folder.
 
 import copy
 import logging
-import re
 import socket
 import time
 import uuid
@@ -33,7 +32,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from archbench import identity, tuning
-from archbench.config import configuration
+from archbench.config import SEED_OVERRIDE, configuration
 from archbench.tracking.runs import HEARTBEAT_TAG, PARENT_FILE, PROCESS_TAG, client, process_tag
 from archbench.tracking.tables import USED_BY
 
@@ -47,7 +46,6 @@ REUSED_TAG = "archbench.reused"  # on a parent: how many runs it reused (finishe
 CLAIM_PARAM = "archbench.claim."
 CLAIM_TRIES = 5  # writes of a claim that a busy store refused before the sweep gives the run up
 WAIT_POLL_S = 2.0  # seconds between looks at a run that another sweep resumes
-SEED_OVERRIDE = re.compile(r"seed=(\d+)")  # as the sweeper writes a replicate: seed=range(0,${seeds})
 
 
 def orphaned(run, stale_after: float) -> bool:

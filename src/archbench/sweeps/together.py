@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
-from archbench.config import ConfigError, pick_device
-from archbench.sweeps.reuse import SEED_OVERRIDE, Reused
+from archbench.config import GROUP_KEY, SEED_OVERRIDE, ConfigError, pick_device
+from archbench.sweeps.reuse import Reused
 
 GROUP_MAX = 20  # seeds in one job at most: the race's max_seeds; more would hold one worker longest
-GROUP_KEY = "++train.group"
 
 
 @dataclass
@@ -83,16 +82,6 @@ def plan(job_overrides: list[list[str]], compose) -> list[tuple[list[str], list[
             # the first seed's own job, seed= where the sweeper put it, plus the group
             jobs.append(([*job_overrides[part[0][1]], f"{GROUP_KEY}=[{seeds}]"], [i for _, i in part]))
     return sorted(jobs, key=lambda job: job[1][0])  # in the order the sweeper asked for them
-
-
-def members(overrides: list[str]) -> list[list[str]]:
-    """The overrides of each seed's own job, for a job of seeds together; [overrides] for any other."""
-    group = next((o for o in overrides if o.startswith(GROUP_KEY + "=")), None)
-    if group is None:
-        return [overrides]
-    seeds = [int(s) for s in group.split("=", 1)[1].strip("[]").split(",")]
-    rest = [o for o in overrides if o != group]
-    return [[f"seed={s}" if SEED_OVERRIDE.fullmatch(o) else o for o in rest] for s in seeds]
 
 
 def expand(job_overrides: list[list[str]], planned, results: list[JobReturn]) -> list[JobReturn]:

@@ -60,10 +60,7 @@ def recall(request: str, uri: str) -> str | None:
         kept = json.loads(_kept(request).read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    now = state(uri)
-    if kept.get("request") != request or now is None or kept["state"] != now or kept["code"] != _code():
-        return None
-    if not all(Path(f).is_file() for f in kept["files"]):
+    if not _current(kept, request, uri) or not all(Path(f).is_file() for f in kept["files"]):
         return None
     return kept["text"]
 
@@ -75,10 +72,14 @@ def recall_object(request: str, uri: str):
         kept = pickle.loads(_kept(request, ".pickle").read_bytes())
     except Exception:  # noqa: BLE001 (none kept, a partial file, a class that moved: compute again)
         return None
+    return kept["object"] if _current(kept, request, uri) else None
+
+
+def _current(kept: dict, request: str, uri: str) -> bool:
+    """Whether what was kept answers `request` with the store and archbench as they are now."""
     now = state(uri)
-    if kept.get("request") != request or now is None or kept["state"] != now or kept["code"] != _code():
-        return None
-    return kept["object"]
+    same_store = now is not None and kept["state"] == now
+    return kept.get("request") == request and same_store and kept["code"] == _code()
 
 
 def keep_object(request: str, before: list | None, obj) -> None:

@@ -49,7 +49,7 @@ class RaceSweeper(BasicSweeper):
         Xeon: 3.8 s of the 15-job activations preset's start, before any job). The seeds of one
         configuration differ only in their seed=N, which composes alike; archbench validates it in the
         job. So one composition per configuration."""
-        from archbench.sweeps.reuse import SEED_OVERRIDE
+        from archbench.config import SEED_OVERRIDE
 
         distinct = {}
         for overrides in batch:
