@@ -4,7 +4,7 @@ measured by the benchmarks, side by side, never here."""
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ALL_CORES, ROOT, all_runs, environment, small
 
 
 def loaded_after(module: str) -> set[str]:
@@ -18,3 +18,28 @@ def test_the_report_and_the_config_checks_load_no_torch():
     # nor reading a run's predictions back, which every comparison does
     for module in ("archbench.report", "archbench.config", "archbench.tracking.predictions"):
         assert "torch" not in loaded_after(module), module
+
+
+def test_a_sweeps_parent_loads_no_torch(tmp_path):
+    # the parent composes, checks reuse and compares; its jobs train in worker processes. torch
+    # (1.5-2 s of imports) is theirs alone. The sweep runs as typed, its parent watched at exit, on
+    # all cores: on one, joblib runs the jobs in the parent itself.
+    args = ["run.py", "-m", "activation=relu,tanh", *small(tmp_path)]
+    code = (
+        "import atexit, runpy, sys; "
+        "atexit.register(lambda: print('torch in the parent:', 'torch' in sys.modules)); "
+        f"sys.argv = {args!r}; runpy.run_path('run.py', run_name='__main__')"
+    )
+    env = environment(ALL_CORES)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(all_runs(tmp_path)) == 3  # the two jobs and their sweep's own run
+    assert done.stdout.splitlines()[-1] == "torch in the parent: False"
+
+
+def test_torchs_version_is_read_without_importing_it():
+    code = (
+        "import sys; from archbench import identity; v = identity.torch_version(); "
+        "assert 'torch' not in sys.modules; import torch; assert v == torch.__version__, (v, torch.__version__)"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -232,3 +232,34 @@ def test_copying_the_package_files_works_too(tmp_path, offline):
     write_idx_set(tmp_path / "system", fill=4)
     shutil.copytree(tmp_path / "system", tmp_path / "data" / "FashionMNIST" / "raw")
     assert int(fashion(tmp_path / "gone").load(tmp_path / "data")["x_test"].max()) == 4
+
+
+def test_the_digests_beside_the_cache_name_the_data_as_loading_it_does(tmp_path, offline):
+    # a sweep's reuse check names each job's data from them, without torch or decoding (issue 34)
+    folder = tmp_path / "data" / "FashionMNIST" / "raw"
+    write_idx_set(folder, fill=4)
+    source = fashion(tmp_path / "none")
+    assert source.split_digests(tmp_path / "data") is None  # nothing decoded yet: the job will say
+    lineage = source.load(tmp_path / "data")["lineage"]
+    assert source.split_digests(tmp_path / "data") == {s: line.digest for s, line in lineage.items()}
+    write_idx_set(folder, fill=5)  # a changed file: unknown again until decoded
+    assert source.split_digests(tmp_path / "data") is None
+    lineage = source.load(tmp_path / "data")["lineage"]
+    assert source.split_digests(tmp_path / "data") == {s: line.digest for s, line in lineage.items()}
+
+    (tmp_path / "data" / "cache" / "fashion_mnist.pt.digests.json").unlink()  # a cache from before them
+    assert source.split_digests(tmp_path / "data") is None
+    source.load(tmp_path / "data")
+    assert source.split_digests(tmp_path / "data") == {s: line.digest for s, line in lineage.items()}
+
+    write_cifar_batches(tmp_path / "data" / "cifar-10-batches-py")
+    cifar = CifarSource("cifar10", [3, 32, 32], 10)
+    assert cifar.split_digests(tmp_path / "data") is None
+    lineage = cifar.load(tmp_path / "data")["lineage"]
+    assert cifar.split_digests(tmp_path / "data") == {s: line.digest for s, line in lineage.items()}
+
+    synthetic = SyntheticSource("synthetic", [1, 4, 4], 3, 60, 20, 0.5, seed=7)
+    lineage = synthetic.load(tmp_path)["lineage"]
+    assert synthetic.split_digests(tmp_path) == {s: line.digest for s, line in lineage.items()}
+    other = SyntheticSource("synthetic", [1, 4, 4], 3, 60, 20, 0.5, seed=8).split_digests(tmp_path)
+    assert other != synthetic.split_digests(tmp_path)

@@ -3,7 +3,13 @@
 Each source's `load()` returns uint8 or float tensors shaped (N, C, H, W) plus int64 labels, and
 under "lineage" what each split was read from (MLflow's dataset records); splits.py turns them
 into normalised tensors on the training device.
+
+torch is imported where tensors are made, not above: a sweep's parent names each job's data by its
+files' digests (`split_digests`, read beside the cache) to find runs it can reuse, and never needs
+torch (1.5 s of its start).
 """
+
+from __future__ import annotations
 
 import gzip
 import hashlib
@@ -16,9 +22,12 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from hydra.errors import CompactHydraException
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +68,19 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def split_digest(parts: dict[str, str]) -> str:
+    """A split's Lineage.digest: 16 hex digits over its files' digests (or its generating parameters)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _lineage(name, digests: dict[str, dict[str, str]], source: str, raw: Raw, classes) -> dict:
     """One Lineage per split, from each split's file digests."""
     found = {}
     for split, parts in digests.items():
-        whole = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
         x = raw[f"x_{split}"]
         dtype = str(x.dtype).removeprefix("torch.")
-        found[split] = Lineage(name, whole, source, parts, len(x), list(x.shape[1:]), dtype, classes)
+        shape = list(x.shape[1:])
+        found[split] = Lineage(name, split_digest(parts), source, parts, len(x), shape, dtype, classes)
     return found
 
 
@@ -82,6 +96,8 @@ class Augmentation:
 
 def read_idx(path: Path) -> torch.Tensor:
     """Decode one IDX file of unsigned bytes (optionally gzipped), checking it is whole."""
+    import torch
+
     try:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
             data = f.read()
@@ -108,18 +124,23 @@ def cached(
     Also returns each split's files' sha256, hashed with the decoding (0.1 s for Fashion-MNIST's
     30 MB) and cached beside the tensors, so later runs name their data without reading it again;
     keyed by file name, or by the path under `root` (an image folder's cat/1.png and dog/1.png).
+    The digests are also written beside the cache (`known_digests` reads them without torch).
     """
-    sources = [p for paths in files.values() for p in paths]
-    stamp = [CACHE_FORMAT] + [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in sources]
+    import torch
+
+    stamp = _stamp(files)
     try:
         blob = torch.load(cache, weights_only=True)
         if blob.get("stamp") == stamp:
+            if known_digests(cache, files) != blob["digests"]:  # a cache written before the side file
+                _write_digests(cache, stamp, blob["digests"])
             return blob["tensors"], blob["digests"]
     except FileNotFoundError:
         pass
     except Exception as e:  # unreadable cache: decode again and replace it
         log.warning("ignoring unreadable cache %s (%s)", cache, e)
-    log.info("decoding %s into %s (once; later runs read the cache)", sources[0].parent, cache)
+    first = next(p for paths in files.values() for p in paths)
+    log.info("decoding %s into %s (once; later runs read the cache)", first.parent, cache)
     tensors = decode()
     key = lambda p: p.relative_to(root).as_posix() if root else p.name  # noqa: E731
     digests = {split: {key(p): sha256(p) for p in paths} for split, paths in files.items()}
@@ -131,7 +152,44 @@ def cached(
     except OSError as e:
         log.warning("could not write the cache %s (%s); decoding again next time", cache, e)
         tmp.unlink(missing_ok=True)
+        return tensors, digests
+    _write_digests(cache, stamp, digests)
     return tensors, digests
+
+
+def _stamp(files: dict[str, list[Path]]) -> list:
+    """What the cache was decoded from: the format, and each source file's path, size and mtime."""
+    sources = [p for paths in files.values() for p in paths]
+    return [CACHE_FORMAT] + [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in sources]
+
+
+def _digests_file(cache: Path) -> Path:
+    return cache.with_name(f"{cache.name}.digests.json")
+
+
+def _write_digests(cache: Path, stamp: list, digests: dict) -> None:
+    """The files' digests beside the cache, with its stamp, written whole or not at all."""
+    side = _digests_file(cache)
+    tmp = side.with_name(f"{side.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps({"stamp": stamp, "digests": digests}))
+        os.replace(tmp, side)
+    except OSError as e:  # the cache still holds them: only a sweep's reuse check reads this file
+        log.warning("could not write %s (%s)", side, e)
+        tmp.unlink(missing_ok=True)
+
+
+def known_digests(cache: Path, files: dict[str, list[Path]]) -> dict[str, dict[str, str]] | None:
+    """The digests `cached` found for these files, read from beside the cache where the files are
+    unchanged since; None where they changed or no cache was written."""
+    try:
+        blob = json.loads(_digests_file(cache).read_text())
+        # JSON gives the stamp's (path, size, mtime) back as lists
+        if blob["stamp"] == json.loads(json.dumps(_stamp(files))):
+            return blob["digests"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
 
 
 def _check(name: str, raw: Raw, input_shape, num_classes: int) -> Raw:
@@ -224,11 +282,19 @@ class IdxSource:
                 raw[f"y_{split}"] = read_idx(files[labels]).long()
             return raw
 
-        splits = {split: [files[base] for base in bases] for split, bases in self.FILES.items()}
-        raw, digests = cached(data_dir / "cache" / f"{self.name}.pt", splits, decode)
+        raw, digests = cached(data_dir / "cache" / f"{self.name}.pt", self._splits(files), decode)
         raw = _check(self.name, raw, self.input_shape, self.num_classes)
         folder = str(next(iter(files.values())).parent.resolve())
         return {**raw, "lineage": _lineage(self.name, digests, folder, raw, self.classes)}
+
+    def _splits(self, files: dict[str, Path]) -> dict[str, list[Path]]:
+        return {split: [files[base] for base in bases] for split, bases in self.FILES.items()}
+
+    def split_digests(self, data_dir: Path) -> dict[str, str] | None:
+        """Each split's Lineage.digest as `load` would give it, where known without decoding; else None."""
+        files = self.find(data_dir)
+        digests = files and known_digests(data_dir / "cache" / f"{self.name}.pt", self._splits(files))
+        return {split: split_digest(parts) for split, parts in digests.items()} if digests else None
 
 
 class CifarSource:
@@ -264,9 +330,11 @@ class CifarSource:
             except Exception as e:
                 how = f"unpack cifar-10-python.tar.gz into {data_dir}, or run once with internet access"
                 raise _download_failed(self.name, [folder], e, how) from e
-        files = {"train": [folder / f for f in self.TRAIN], "test": [folder / f for f in self.TEST]}
+        files = self._files(folder)
 
         def decode() -> Raw:
+            import torch
+
             train = [self._read(folder / f) for f in self.TRAIN]
             x_test, y_test = self._read(folder / self.TEST[0])
             return {
@@ -280,8 +348,21 @@ class CifarSource:
         raw = _check(self.name, raw, self.input_shape, self.num_classes)
         return {**raw, "lineage": _lineage(self.name, digests, str(folder.resolve()), raw, self.classes)}
 
+    def _files(self, folder: Path) -> dict[str, list[Path]]:
+        return {"train": [folder / f for f in self.TRAIN], "test": [folder / f for f in self.TEST]}
+
+    def split_digests(self, data_dir: Path) -> dict[str, str] | None:
+        """Each split's Lineage.digest as `load` would give it, where known without decoding; else None."""
+        folder = data_dir / self.FOLDER
+        if not all((folder / f).is_file() for f in self.TRAIN + self.TEST):
+            return None
+        digests = known_digests(data_dir / "cache" / f"{self.name}.pt", self._files(folder))
+        return {split: split_digest(parts) for split, parts in digests.items()} if digests else None
+
     @staticmethod
     def _read(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         try:
             with open(path, "rb") as f:
                 batch = pickle.load(f, encoding="latin1")  # Python 2 pickles, read as torchvision does
@@ -316,6 +397,8 @@ class SyntheticSource:
         self.augmentation = Augmentation(augment, crop_padding, flip)
 
     def load(self, data_dir: Path) -> Raw:
+        import torch
+
         g = torch.Generator().manual_seed(self.seed)
         prototypes = torch.randn(self.num_classes, *self.input_shape, generator=g)
         raw = {}
@@ -323,10 +406,16 @@ class SyntheticSource:
             y = torch.randint(self.num_classes, (n,), generator=g)
             raw[f"x_{split}"] = prototypes[y] + self.noise * torch.randn(n, *self.input_shape, generator=g)
             raw[f"y_{split}"] = y
+        source = f"{type(self).__module__}.{type(self).__name__}"
+        return {**raw, "lineage": _lineage(self.name, self._splits(), source, raw, self.classes)}
+
+    def _splits(self) -> dict[str, dict[str, str]]:
         # named by what generates it: the same parameters give the same data, so the same digest
         made = {"input_shape": list(self.input_shape), "num_classes": self.num_classes, "noise": self.noise,
                 "seed": self.seed, "train_size": self.sizes[0], "test_size": self.sizes[1]}  # fmt: skip
         made = {k: json.dumps(v) for k, v in made.items()}
-        source = f"{type(self).__module__}.{type(self).__name__}"
-        splits = {split: {**made, "split": split} for split in ("train", "test")}  # one digest each
-        return {**raw, "lineage": _lineage(self.name, splits, source, raw, self.classes)}
+        return {split: {**made, "split": split} for split in ("train", "test")}  # one digest each
+
+    def split_digests(self, data_dir: Path) -> dict[str, str]:
+        """Each split's Lineage.digest as `load` gives it."""
+        return {split: split_digest(parts) for split, parts in self._splits().items()}

@@ -13,13 +13,15 @@ network that takes none.
 
 import re
 from itertools import product
+from typing import TYPE_CHECKING
 
-import torch
 from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
+
+if TYPE_CHECKING:  # torch is imported where a network is built: a sweep's parent never needs it
+    from torch import nn
 
 from archbench.config import ConfigError
 
@@ -72,9 +74,12 @@ def ignored(model: DictConfig, loss: DictConfig, overrides: list[str], choices: 
     return None
 
 
-def build(cfg: DictConfig, name: str) -> nn.Module:
+def build(cfg: DictConfig, name: str) -> "nn.Module":
     """The config's network, tried on a batch of two zero inputs: one line where it cannot be built,
     take the input, or give one score per class. The module returned is the constructor's own."""
+    import torch  # here, not above: the sweep's parent loads this module for its callback only
+    from torch import nn
+
     try:
         model = instantiate(cfg.model)
     except InstantiationException as e:

@@ -14,9 +14,10 @@ The launching process computes them from each job's composed config before it la
 import hashlib
 import importlib.util
 import json
+import runpy
+import sys
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 # Keys that say how or where a job ran, not what it trained: in config.yaml, not in the params, where
@@ -70,7 +71,12 @@ def data_digest(lineage: dict | None) -> str:
     """The data as read, from its lineage's digests ({split: Lineage}); "none" for a source without."""
     if not lineage:
         return "none"
-    return _digest({split: line.digest for split, line in lineage.items()})
+    return data_digest_of({split: line.digest for split, line in lineage.items()})
+
+
+def data_digest_of(split_digests: dict[str, str]) -> str:
+    """`data_digest` from each split's Lineage.digest alone (a source's `split_digests`)."""
+    return _digest(split_digests)
 
 
 def config_key(configured: dict[str, str], data: str) -> str:
@@ -84,7 +90,16 @@ def code_version(cfg: DictConfig) -> str:
     sources = {name: (package / name).read_text() for name in TRAINING_CODE}
     for module in sorted(_own_modules(cfg)):
         sources[module] = _source(module)
-    return _digest({"sources": sources, "torch": torch.__version__})
+    return _digest({"sources": sources, "torch": torch_version()})
+
+
+def torch_version() -> str:
+    """torch.__version__ ("2.14.1+cu130": the package's metadata lacks the local part), read from
+    torch/version.py where torch is not imported: a sweep's parent would import it for this alone."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"].__version__
+    spec = importlib.util.find_spec("torch")
+    return runpy.run_path(str(Path(spec.origin).with_name("version.py")))["__version__"]
 
 
 def _own_modules(cfg: DictConfig) -> set[str]:

@@ -7,19 +7,25 @@ The folders and file extensions are ImageFolder's (torchvision.datasets.folder),
 with PIL as ImageFolder reads it, converted to grayscale or RGB and resized with torchvision's
 resize; then everything is decoded once into uint8 tensors N x C x H x W, with the cache, atomic
 writes and lineage of the built-in sets (data.cached). `settle()` fills in what the config leaves
-null (the class names, their count, the image size) from the folder itself.
+null (the class names, their count, the image size) from the folder itself. torch is imported where
+tensors are made: a sweep's parent settles every job's dataset here, and never needs torch.
 """
+
+from __future__ import annotations
 
 import hashlib
 import json
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from archbench.config import ConfigError, _number
 from archbench.data import Augmentation, DataError, Raw, _check, _lineage, cached, class_names
+
+if TYPE_CHECKING:
+    import torch
 
 TARGET = f"{__name__}.ImageFolderSource"
 GRAY = {"1", "L", "LA", "I", "I;16", "F"}  # PIL modes read as one channel when input_shape is null
@@ -145,6 +151,8 @@ class ImageFolderSource:
     def hold_out(self, images: list[tuple[Path, int]]) -> dict[str, list[tuple[Path, int]]]:
         """`test_fraction` of each class (one image at least, where it has two), drawn from `seed` and
         the class's name alone: a class's split moves only when its own files change."""
+        import torch
+
         by_class = defaultdict(list)
         for path, label in images:
             by_class[label].append((path, label))
@@ -166,6 +174,8 @@ class ImageFolderSource:
         key = hashlib.sha256(json.dumps([*settings, self.seed]).encode()).hexdigest()[:12]  # one per size
 
         def decode() -> Raw:
+            import torch
+
             raw = {}
             for name, members in split.items():
                 raw[f"x_{name}"] = torch.stack([self.read(path) for path, _ in members])

@@ -45,12 +45,12 @@ def pays(cfg: DictConfig) -> bool:
 def chosen(cfg: DictConfig) -> bool:
     """Whether the seeds of `cfg`'s configuration train together; train.together=true on a config
     that cannot is a one-line error."""
-    from archbench import batched
-
     mode = cfg.train.get("together", "auto")
     # a tuning study's trials draw a validation split per seed: they train alone, whatever mode says
     if mode is False or (mode == "auto" and not FASTER) or OmegaConf.select(cfg, "tune.role") == "tuning":
         return False
+    from archbench import batched  # torch: the sweep's parent imports it only where seeds may group
+
     why = batched.why_not(cfg)
     if mode is True and why:
         raise ConfigError(f"train.together=true: these seeds cannot train together: {why}; use auto or false")

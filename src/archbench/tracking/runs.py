@@ -18,7 +18,6 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from archbench.identity import BOOKKEEPING, dotted
@@ -192,6 +191,8 @@ class Run:
 
     def log_state(self, state: dict) -> None:
         """torch.save `state` (a checkpoint, with its "epoch") into its epoch's slot."""
+        import torch  # here: a sweep's parent reads runs through this module and trains nothing
+
         name = CHECKPOINTS[state["epoch"] % 2 == 0]
         with tempfile.TemporaryDirectory() as tmp, self.atomic():
             path = Path(tmp) / Path(name).name
@@ -200,6 +201,8 @@ class Run:
 
     def load_state(self) -> dict:
         """The latest checkpoint that reads whole; FileNotFoundError if there is none."""
+        import torch
+
         held = {f.path for f in self.client.list_artifacts(self.run_id, "checkpoint")}
         states = []
         with tempfile.TemporaryDirectory() as tmp:
