@@ -30,8 +30,10 @@ def test_a_sweeps_parent_loads_no_torch(tmp_path):
         "atexit.register(lambda: print('torch in the parent:', 'torch' in sys.modules)); "
         f"sys.argv = {args!r}; runpy.run_path('run.py', run_name='__main__')"
     )
-    env = environment(ALL_CORES)
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=environment(ALL_CORES),
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(all_runs(tmp_path)) == 3  # the two jobs and their sweep's own run
     assert done.stdout.splitlines()[-1] == "torch in the parent: False"
@@ -40,6 +42,7 @@ def test_a_sweeps_parent_loads_no_torch(tmp_path):
 def test_torchs_version_is_read_without_importing_it():
     code = (
         "import sys; from archbench import identity; v = identity.torch_version(); "
-        "assert 'torch' not in sys.modules; import torch; assert v == torch.__version__, (v, torch.__version__)"
+        "assert 'torch' not in sys.modules; import torch; "
+        "assert v == torch.__version__, (v, torch.__version__)"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

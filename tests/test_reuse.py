@@ -54,9 +54,9 @@ def test_the_seeds_of_a_configuration_share_one_composition_and_get_the_same_ide
     launcher = ReusingLauncher(launcher=None, config=None, config_loader=Loader())
     jobs = [[f"seed={s}", f"activation={a}", "train.epochs=2"] for s in (0, 1, 7) for a in ("relu", "tanh")]
     for job in jobs:
-        assert identity.settings(launcher._composed(job)) == identity.settings(compose_job(tmp_path, *job))
+        assert identity.settings(launcher.composed(job)) == identity.settings(compose_job(tmp_path, *job))
     assert len(composed) == 2  # relu's and tanh's
-    assert identity.settings(launcher._composed(jobs[0])) != identity.settings(launcher._composed(jobs[2]))
+    assert identity.settings(launcher.composed(jobs[0])) != identity.settings(launcher.composed(jobs[2]))
 
 
 def own_network(tmp_path):
