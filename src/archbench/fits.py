@@ -135,8 +135,11 @@ class RefuseIgnoredChoices(Callback):
                     [f"{group}={v}" for v in override.sweep_string_iterator()],
                 )
         as_typed = fixed + [line for line, _ in swept.values()]
+        # a network's config reads ${activation} unresolved, alike for every value: only the model
+        # and the loss need composing per value (0.2 s a composition, before the first job)
+        composed = [values for group, (_, values) in swept.items() if group not in READ_BY_THE_MODEL]
         loader = GlobalHydra.instance().config_loader()
-        for picked in product(*(values for _, values in swept.values())):
+        for picked in product(*composed):
             try:
                 job = loader.load_sweep_config(config, [*fixed, *picked])
             except Exception:  # the sweeper itself reports a config that cannot be composed
