@@ -216,3 +216,24 @@ def test_a_stale_run_on_another_host_is_resumed_a_live_one_left_alone_and_two_sw
     claims = [k for k in run.data.params if k.startswith(f"{reuse.CLAIM_PARAM}2.")]
     assert claims == [f"{reuse.CLAIM_PARAM}2.0"]
     assert [s for s, _ in history(mlflow_client, run.info.run_id, "train_loss")] == [1, 2, 3]
+
+
+def test_submitits_requeue_cut_short_by_the_requeues_own_sigterm_still_counts_as_requeued(caplog):
+    # Slurm signals every process of a job it requeues: submitit's `scontrol requeue` child may get the
+    # SIGTERM before it exits, and submitit's handler then raises CalledProcessError, not SystemExit
+    run = runs.Run(None, "r1")
+
+    def submitit_handler(signum, frame):
+        raise subprocess.CalledProcessError(-signal.SIGTERM, ["scontrol", "requeue", "20"])
+
+    run._saved_handlers[runs.PREEMPT] = submitit_handler
+    with pytest.raises(runs.Terminated, match=r"requeued by Slurm at SIGUSR2 \(time limit or pre-emption\)"):
+        run._stop(runs.PREEMPT)
+    assert "Requeued job 20" in caplog.text and not run._busy
+
+    def failed_otherwise(signum, frame):  # a requeue Slurm refused: not a requeue
+        raise subprocess.CalledProcessError(1, ["scontrol", "requeue", "20"])
+
+    run._saved_handlers[runs.PREEMPT] = failed_otherwise
+    with pytest.raises(subprocess.CalledProcessError):
+        run._stop(runs.PREEMPT)

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -275,6 +276,13 @@ class Run:
         try:
             self._saved_handlers[signum](signum, frame)
         except SystemExit:
+            raise Terminated(f"requeued by Slurm at {name} (time limit or pre-emption)") from None
+        except subprocess.CalledProcessError as e:
+            # the requeue's SIGTERM reaches the job's every process, submitit's `scontrol requeue`
+            # among them when it has not exited yet: the job was requeued all the same
+            if e.returncode != -signal.SIGTERM or list(e.cmd[:2]) != ["scontrol", "requeue"]:
+                raise
+            log.warning("Requeued job %s (scontrol ended by the requeue's own SIGTERM)", e.cmd[2])
             raise Terminated(f"requeued by Slurm at {name} (time limit or pre-emption)") from None
         finally:
             self._busy, self._pending = False, None
