@@ -132,7 +132,7 @@ def cached(
     try:
         blob = torch.load(cache, weights_only=True)
         if blob.get("stamp") == stamp:
-            if known_digests(cache, files) != blob["digests"]:  # a cache written before the side file
+            if _read_digests(cache, stamp) != blob["digests"]:  # a cache written before the side file
                 _write_digests(cache, stamp, blob["digests"])
             return blob["tensors"], blob["digests"]
     except FileNotFoundError:
@@ -179,13 +179,18 @@ def _write_digests(cache: Path, stamp: list, digests: dict) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def known_digests(cache: Path, files: dict[str, list[Path]]) -> dict[str, dict[str, str]] | None:
-    """The digests `cached` found for these files, read from beside the cache where the files are
-    unchanged since; None where they changed or no cache was written."""
+def known_digests(cache: Path, files: dict[str, list[Path]]) -> dict[str, str] | None:
+    """Each split's Lineage.digest from the file digests `cached` wrote beside the cache, where the
+    files are unchanged since; None where they changed or no cache was written."""
+    digests = _read_digests(cache, _stamp(files))
+    return {split: split_digest(parts) for split, parts in digests.items()} if digests else None
+
+
+def _read_digests(cache: Path, stamp: list) -> dict[str, dict[str, str]] | None:
+    """The file digests beside the cache, where they were written for `stamp`'s files."""
     try:
         blob = json.loads(_digests_file(cache).read_text())
-        # JSON gives the stamp's (path, size, mtime) back as lists
-        if blob["stamp"] == json.loads(json.dumps(_stamp(files))):
+        if blob["stamp"] == json.loads(json.dumps(stamp)):  # JSON gives (path, size, mtime) back as lists
             return blob["digests"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -293,8 +298,7 @@ class IdxSource:
     def split_digests(self, data_dir: Path) -> dict[str, str] | None:
         """Each split's Lineage.digest as `load` would give it, where known without decoding; else None."""
         files = self.find(data_dir)
-        digests = files and known_digests(data_dir / "cache" / f"{self.name}.pt", self._splits(files))
-        return {split: split_digest(parts) for split, parts in digests.items()} if digests else None
+        return known_digests(data_dir / "cache" / f"{self.name}.pt", self._splits(files)) if files else None
 
 
 class CifarSource:
@@ -356,8 +360,7 @@ class CifarSource:
         folder = data_dir / self.FOLDER
         if not all((folder / f).is_file() for f in self.TRAIN + self.TEST):
             return None
-        digests = known_digests(data_dir / "cache" / f"{self.name}.pt", self._files(folder))
-        return {split: split_digest(parts) for split, parts in digests.items()} if digests else None
+        return known_digests(data_dir / "cache" / f"{self.name}.pt", self._files(folder))
 
     @staticmethod
     def _read(path: Path) -> tuple[torch.Tensor, torch.Tensor]:

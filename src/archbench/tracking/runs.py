@@ -273,17 +273,18 @@ class Run:
         # submitit's handler: it checkpoints, has Slurm requeue the job, and exits. The requeue makes
         # Slurm send SIGTERM at once: held, it cannot cut the handler short (and its log lines with it).
         self._busy = True
+        requeued = Terminated(f"requeued by Slurm at {name} (time limit or pre-emption)")
         try:
             self._saved_handlers[signum](signum, frame)
         except SystemExit:
-            raise Terminated(f"requeued by Slurm at {name} (time limit or pre-emption)") from None
+            raise requeued from None
         except subprocess.CalledProcessError as e:
             # the requeue's SIGTERM reaches the job's every process, submitit's `scontrol requeue`
             # among them when it has not exited yet: the job was requeued all the same
             if e.returncode != -signal.SIGTERM or list(e.cmd[:2]) != ["scontrol", "requeue"]:
                 raise
             log.warning("Requeued job %s (scontrol ended by the requeue's own SIGTERM)", e.cmd[2])
-            raise Terminated(f"requeued by Slurm at {name} (time limit or pre-emption)") from None
+            raise requeued from None
         finally:
             self._busy, self._pending = False, None
 
