@@ -206,6 +206,19 @@ def test_prepare_normalises_once_and_holds_out_validation():
     assert torch.equal(seen, raw["y_train"].sort().values)
 
 
+def test_normalising_in_place_gives_x_minus_mean_over_std_and_leaves_the_raw_tensors_as_they_were():
+    for raw_x in (torch.randint(0, 256, (50, 3, 4, 4), dtype=torch.uint8), torch.randn(50, 3, 4, 4) * 7 + 2):
+        raw = {"x_train": raw_x, "y_train": torch.zeros(50).long(), "x_test": raw_x[:10].clone(),
+               "y_test": torch.zeros(10).long()}  # fmt: skip
+        kept = {k: v.clone() for k, v in raw.items()}
+        splits = prepare(raw, torch.device("cpu"), 0.0, seed=0)
+        x = raw_x.float()
+        mean, std = x.mean([0, 2, 3], keepdim=True), x.std([0, 2, 3], keepdim=True).clamp_min(1e-6)
+        assert torch.equal(splits.x_train, (x - mean) / std)  # bit for bit, as before it was in place
+        assert torch.equal(splits.x_test, (raw["x_test"].float() - mean) / std)
+        assert all(torch.equal(raw[k], kept[k]) for k in raw)  # a float set's cached tensors untouched
+
+
 def test_a_sweeps_next_job_reuses_the_splits_only_when_it_asks_for_the_same(tmp_path):
     def job(seed=0, val=0.0, noise=0.5, folder="data"):
         source = SyntheticSource("synthetic", [1, 4, 4], 3, 60, 20, noise, seed=7)

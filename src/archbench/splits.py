@@ -78,19 +78,20 @@ def prepare(raw: Raw, device: torch.device, val_fraction: float, seed: int, resa
         x_val, y_val = x_train[order[:n_val]], y_train[order[:n_val]]
         x_train, y_train = x_train[order[n_val:]], y_train[order[n_val:]]
     dims = [0] + list(range(2, x_train.dim()))  # every axis but the channel
-    stats = x_train.to(device, torch.float32)
-    mean = stats.mean(dims, keepdim=True)
-    std = stats.std(dims, keepdim=True).clamp_min(1e-6)
-    del stats
+    # one float copy of each split, normalised in place: the same values as (x - mean) / std, with one
+    # 188 MB buffer for Fashion-MNIST's training split where there were four (0.2 s of each job's start)
+    train = x_train.to(device, torch.float32, copy=True)  # a copy: the raw tensors stay as cached
+    mean = train.mean(dims, keepdim=True)
+    std = train.std(dims, keepdim=True).clamp_min(1e-6)
 
     def norm(x):
-        return None if x is None else (x.to(device, torch.float32) - mean) / std
+        return None if x is None else x.to(device, torch.float32, copy=True).sub_(mean).div_(std)
 
     def on(y):
         return None if y is None else y.to(device)
 
     return Splits(
-        norm(x_train),
+        train.sub_(mean).div_(std),
         on(y_train),
         norm(raw["x_test"]),
         on(raw["y_test"]),
