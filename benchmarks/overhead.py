@@ -11,6 +11,11 @@ The plain script decodes the data, trains the same mlp for the epoch and tests i
 archbench's wall time is the command's; its training time is the run's train_time_s. Then
 `python -X importtime` (the heaviest imports, cumulative) and a cProfile of one run (the calls that
 take the most time, cumulative), each in a fresh process with a store of its own.
+
+Last, the floors: how long a bare Python process takes to do only what each command cannot skip
+(import torch and take one torch.optim step, which imports torch._dynamo; open the MLflow store;
+import what a comparison computes with), against what issue 34's targets leave for everything
+besides training. A target below its floor cannot be met by archbench on this machine.
 """
 
 import argparse
@@ -61,6 +66,38 @@ train = time.perf_counter() - tic
 with torch.no_grad():
     print(train, (model(xt).argmax(1) == yt).float().mean().item())
 """
+
+
+# What each command cannot skip, as bare scripts (argv[1]: a copy of an archbench store). A run
+# imports torch and steps a torch.optim optimizer, whose step() and zero_grad() import torch._dynamo
+# (torch/optim/optimizer.py); it records to MLflow. A sweep's own process composes with Hydra and
+# reads the store; a report reads the store and computes with scipy.stats, statsmodels and pandas.
+OPEN_STORE = (
+    "import mlflow; mlflow.MlflowClient('sqlite:///' + sys.argv[1]).search_experiments(max_results=1)"
+)
+FLOORS = {
+    "run": (
+        "a run: import torch, one torch.optim step, open the MLflow store",
+        "import sys, torch; p = torch.nn.Parameter(torch.zeros(1)); p.grad = torch.ones(1); "
+        f"torch.optim.SGD([p], lr=0.1).step(); {OPEN_STORE}",
+    ),
+    "parent": (
+        "a sweep's own process: import Hydra, open the MLflow store",
+        f"import sys, hydra; {OPEN_STORE}",
+    ),
+    "report": (
+        "a report: open the MLflow store, import scipy.stats, statsmodels, pandas",
+        f"import sys; {OPEN_STORE}; import pandas, scipy.stats, statsmodels.stats.power",
+    ),
+}
+# issue 34's targets as (floor's parts, what they leave besides training: a function of the
+# scenario's training per core)
+TARGETS = {
+    "one": (("run",), lambda train: 3.0),
+    "activations1": (("parent", "run"), lambda train: (2.0 - 1) * train),
+    "activations5": (("parent", "run"), lambda train: (1.3 - 1) * train),
+    "report": (("report",), lambda train: 2.0),
+}
 
 
 # A notebook's first cell: the comparison of an experiment, shown (its repr is the table)
@@ -126,8 +163,41 @@ def archbench_run(data: str, folder: Path, prefix=()) -> tuple[float, float, str
     return scenario(ROOT, "one", data, folder, folder / "mlflow.db", prefix)
 
 
-def sweeps(keys: list[str], against: str | None, data: str, tmp: Path) -> list[str]:
-    """The scenarios' table: each in this tree and, with --against, in that revision, one after the other."""
+def floors(store: Path, repeats: int, measured: dict[str, float | None]) -> list[str]:
+    """The floors' table: each bare script's wall time (median of `repeats`, a fresh process and a
+    fresh copy of `store` each), against what each measured scenario's target leaves besides training.
+    A sweep's floor is its own process's, then a worker's: its workers import side by side, one a core."""
+    took = {}
+    for key, (_, code) in FLOORS.items():
+        walls = []
+        for r in range(repeats):
+            copy = store.with_name(f"floor-{key}-{r}.db")
+            copy.write_bytes(store.read_bytes())
+            tic = time.perf_counter()
+            # os._exit: without the interpreter's teardown (1.3 s after torch and MLflow), as run.py ends
+            done = f"{code}; import os; os._exit(0)"
+            subprocess.run([sys.executable, "-c", done, str(copy)], check=True, capture_output=True)
+            walls.append(time.perf_counter() - tic)
+        took[key] = statistics.median(walls)
+    lines = [f"**What cannot be cut: a bare process doing only that, median of {repeats}**", "",
+             "| bare process | wall (s) |", "|---|---|"]  # fmt: skip
+    lines += [f"| {FLOORS[key][0]} | {took[key]:.2f} |" for key in FLOORS]
+    lines += ["", "**The targets against their floors (besides training, s)**", "",
+              "| scenario | target leaves | floor | within |", "|---|---|---|---|"]  # fmt: skip
+    for key, train in measured.items():
+        parts, allowed = TARGETS[key]
+        floor = sum(took[p] for p in parts)
+        budget = allowed(train)
+        within = "yes" if floor <= budget else "no"
+        lines.append(f"| {SCENARIOS[key][0]} | {budget:.2f} | {floor:.2f} | {within} |")
+    return [*lines, ""]
+
+
+def sweeps(
+    keys: list[str], against: str | None, data: str, tmp: Path, measured: dict | None = None
+) -> list[str]:
+    """The scenarios' table: each in this tree and, with --against, in that revision, one after the other.
+    `measured` gets this tree's training per core of each scenario that has a target (TARGETS)."""
     trees = {"now": ROOT}
     if against:
         before = tmp / "before"
@@ -159,6 +229,8 @@ def sweeps(keys: list[str], against: str | None, data: str, tmp: Path) -> list[s
                     else [f"{train:.2f}", f"{wall / train:.2f}x", f"{wall - train:.2f}"]
                 )
                 lines.append(f"| {SCENARIOS[key][0]} | {label} | {wall:.2f} | {' | '.join(cells)} |")
+                if measured is not None and tree == ROOT and key in TARGETS:
+                    measured[key] = train
                 print(lines[-1], file=sys.stderr, flush=True)  # as it goes: the whole table takes minutes
     finally:
         if against:
@@ -183,8 +255,9 @@ def main() -> None:
     args = parser.parse_args()
     source = "synthetic" if args.data == "synthetic" else "/usr/share/datasets/fashion-mnist"
     rows = {"plain": [], "archbench": []}
+    measured = {}
     with tempfile.TemporaryDirectory() as tmp:
-        first = sweeps(args.sweeps, args.against, args.data, Path(tmp)) if args.sweeps else []
+        first = sweeps(args.sweeps, args.against, args.data, Path(tmp), measured) if args.sweeps else []
         archbench_run(args.data, Path(tmp) / "warm")  # the decoded-data cache and the store template
         for r in range(args.repeats):  # interleaved: a load that comes and goes hits both alike
             tic = time.perf_counter()
@@ -197,6 +270,8 @@ def main() -> None:
         profile = Path(tmp) / "run.prof"
         archbench_run(args.data, Path(tmp) / "prof", ["-m", "cProfile", "-o", str(profile)])
         stats = pstats.Stats(str(profile))
+        measured = {"one": statistics.median(t for _, t in rows["archbench"]), **measured}
+        last = floors(Path(tmp) / "warm" / "mlflow.db", args.repeats, measured)
     wall = {k: statistics.median(w for w, _ in v) for k, v in rows.items()}
     train = {k: statistics.median(t for _, t in v) for k, v in rows.items()}
     lines = [
@@ -229,7 +304,7 @@ def main() -> None:
         if "archbench" in f or "torch/optim" in f
     ]
     lines += [f"| {call} | {s:.2f} |" for call, s in shown[: args.top]]
-    publish(lines, args.out)
+    publish([*lines, "", *last], args.out)
 
 
 if __name__ == "__main__":

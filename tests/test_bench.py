@@ -103,6 +103,10 @@ def test_overhead_runs(tmp_path):
         assert re.search(rf"^\| {row} \| {cells} \|$", table, re.M), table
     assert re.search(r"^\| torch \| \d+\.\d\d \|$", table, re.M), table  # the imports, measured
     assert re.search(r"^\| app\.py:\d+\(run_job\) \| \d+\.\d\d \|$", table, re.M), table  # the profile
+    for bare in ("a run: import torch", "a sweep's own process", "a report: open the MLflow store"):
+        assert re.search(rf"^\| {re.escape(bare)}[^|]* \| \d+\.\d\d \|$", table, re.M), table  # floors
+    target = r"^\| one run, 1 epoch, 1 thread \| 3\.00 \| \d+\.\d\d \| (yes|no) \|$"  # against its floor
+    assert re.search(target, table, re.M), table
 
 
 def test_batched_seeds_runs(tmp_path):
