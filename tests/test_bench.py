@@ -29,6 +29,9 @@ def test_epoch_speed_runs(tmp_path):
             rf"\| {model} \| {number} \| {number} \| {number}x \| {number} \| {number} \|", table
         )
     assert "matmul peak" in table
+    for model in ("mlp", "cnn2"):  # the step alone, on one fixed batch: its seconds and fraction of the bound
+        assert re.search(rf"^\| {model} \|.* \| {number} \| {number} \|$", table, re.M), table
+        assert len(re.search(rf"^\| {model} \|.*$", table, re.M).group(0).split("|")) == 12, table
     for model in ("mlp", "cnn2"):  # --profile: the operators that take the step's time, and the whole
         part = table.split(f"Where a {model} step's time goes (6 steps")[1].split("\n\n")[1]
         assert re.search(r"^\| [\w:#.]+ \| \d+% \| \d+\.\d{3} \| \d+ \|$", part, re.M), part
