@@ -42,6 +42,7 @@ def small(tmp_path: Path) -> list[str]:
         f"data_dir={tmp_path}/data",
         f"hydra.run.dir={tmp_path}/outputs/run",
         f"hydra.sweep.dir={tmp_path}/outputs/sweep",
+        f"compare.out={tmp_path}/outputs/comparison",  # a sweep's comparison files
     ]
 
 

@@ -4,7 +4,7 @@ measured by the benchmarks, side by side, never here."""
 import subprocess
 import sys
 
-from conftest import ALL_CORES, ROOT, all_runs, environment, small
+from conftest import ALL_CORES, ROOT, all_runs, environment, run_py, small
 
 
 def loaded_after(module: str) -> set[str]:
@@ -46,3 +46,28 @@ def test_torchs_version_is_read_without_importing_it():
         "assert v == torch.__version__, (v, torch.__version__)"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_the_report_after_a_sweep_prints_the_sweeps_comparison_without_reading_the_store(tmp_path):
+    # the sweep keeps what `make compare` would print next (the latest sweep, or --parent it), so the
+    # report, as typed right after it, prints at once: no MLflow, no scipy. It is what a report that
+    # reads the store computes, to the character (another cache folder: nothing kept there).
+    cache = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    sweep = run_py(tmp_path, "-m", "activation=relu,tanh", env=cache)
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    (parent,) = [r.info.run_id for r in all_runs(tmp_path) if r.data.tags.get("archbench.sweep") == "parent"]
+    uri, out = f"sqlite:///{tmp_path}/mlruns/mlflow.db", str(tmp_path / "outputs" / "comparison")
+
+    def report(*args, env):
+        cmd = [sys.executable, "-X", "importtime", "-m", "archbench.report", "--tracking-uri", uri]
+        cmd += ["--out", out, *args]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=environment(env))
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout, {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+
+    for args in ([], ["--parent", parent]):
+        printed, imported = report(*args, env=cache)
+        assert "mlflow" not in imported and "scipy" not in imported, args
+        assert f"written to {out}/{parent}: comparison.md" in printed and "activation=tanh" in printed
+        computed, imported = report(*args, env={"XDG_CACHE_HOME": str(tmp_path / "cache2")})
+        assert "mlflow" in imported and computed == printed, args

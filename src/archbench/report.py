@@ -8,7 +8,6 @@ python -m archbench.report --experiment NAME    # every job run of an experiment
 """
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     pick.add_argument("--parent", help="a sweep's parent run id (default: the latest sweep)")
     pick.add_argument("--experiment", help="every job run of this experiment, grouped by configuration")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
-    parser.add_argument("--out", type=Path, default=Path("outputs/comparison"), help="folder for the files")
+    parser.add_argument("--out", type=Path, default=stored.REPORT_DIR, help="folder for the files")
     parser.add_argument(
         "--margin",
         type=float,
@@ -36,10 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    where = args.tracking_uri  # a SQLite file wherever the report is asked from, and its folder
-    if where.startswith("sqlite:///"):
-        where = f"sqlite:///{Path(where.removeprefix('sqlite:///')).resolve()}"
-    request = json.dumps([where, args.parent, args.experiment, args.margin, str(args.out.resolve())])
+    request = stored.request(args.tracking_uri, args.parent, args.experiment, args.margin, args.out)
     kept = stored.recall(request, args.tracking_uri)
     if kept is not None:
         print(kept)
@@ -49,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report(args, request: str) -> int:
     """Read the store and compare, print, write the files, and keep what was printed."""
-    from archbench.comparing import table
     from archbench.comparing.comparison import write_all
     from archbench.sweeps import lookup
     from archbench.tracking import store, tables, views
@@ -67,15 +62,11 @@ def _report(args, request: str) -> int:
             raise
         print(f"error: {line}", file=sys.stderr)
         return 1
-    lines = [table.markdown(comp)]
     curves = tables.histories(mlflow_client, comp.runs, comp.metric)
     paths = write_all(comp, args.out / name, curves)
-    lines.append(f"written to {args.out / name}: {', '.join(p.name for p in paths)}")
     link = lookup.ui_link(mlflow_client, comp, name, asked.experiment_id, args.experiment)
-    lines.append(f"in the MLflow UI (make ui): {link}")
-    if not args.experiment:
-        lines.append(f"the comparison: {views.run_link(asked.experiment_id, name)}")
-    text = "\n".join(lines)
+    run_link = None if args.experiment else views.run_link(asked.experiment_id, name)
+    text = lookup.shown(comp, args.out / name, paths, link, run_link)
     print(text)
     before = stored.state(args.tracking_uri)  # after this report's own write (the UI's view)
     if asked.same(lookup.question(mlflow_client, args.parent, args.experiment, args.margin)):

@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from archbench.config import GROUPS, ConfigError, seed_jobs, validate_sweep
-from archbench.tracking import store, views
+from archbench.tracking import store, stored, views
 from archbench.tracking.runs import PARENT_FILE, Terminated, client, experiment_id, redact_overrides
 
 if TYPE_CHECKING:
@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 FAILED_FILE = "job_failed.json"  # in a failed job's folder: its overrides and error
 PRESET_GROUPS = ("experiment", "search")
 # not what was swept: where things are kept, and what changes no result
-SETUP = ("tracking.uri", "tracking.experiment", "tracking.log_model", "data_dir", "train.progress", "resume")
+SETUP = ("tracking.uri", "tracking.experiment", "tracking.log_model", "data_dir", "train.progress", "resume",
+         "compare.out")  # fmt: skip
 
 
 class MlflowSweep(Callback):
@@ -136,14 +137,15 @@ class MlflowSweep(Callback):
         # imported here, not at the top: every single run instantiates this callback, and the
         # comparison's scipy, statsmodels and pandas cost it 2 s of start-up
         from archbench import tuning
-        from archbench.comparing.comparison import Comparison
-        from archbench.sweeps import race
+        from archbench.sweeps import lookup, race
         from archbench.tracking import tables
 
         parent_id, self.parent_id = self.parent_id, None
         if self._saved_sigterm is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._saved_sigterm)  # the process goes on (a notebook's)
         sweep_dir = Path(config.hydra.sweep.dir)
+        # where `make compare` is asked from: its folders are relative to it
+        cwd = Path(config.hydra.runtime.cwd)
         mlflow_client = client(config.tracking.uri)
         # this session's: an earlier one run in the same folder (reuse.py) left its own there
         parent = mlflow_client.get_run(parent_id)
@@ -161,6 +163,7 @@ class MlflowSweep(Callback):
             json.loads(tuned.read_text()) if tuned.is_file() and tuned.stat().st_mtime >= started else None
         )
         statuses: set[str] = set()
+        shown = None  # what `make compare` would print next: (the question, the comparison, files, link)
         try:
             runs = tables.sweep_runs(mlflow_client, parent_id, failures)
             if interrupted:  # jobs a dead launcher left RUNNING: closed before the table is written
@@ -169,27 +172,26 @@ class MlflowSweep(Callback):
                 runs.loc[runs.status == "RUNNING", "status"] = "KILLED"
             statuses = set(runs.status)
             if failures:
-                mlflow_client.log_text(parent_id, json.dumps(failures, indent=1), "failed_jobs.json")
+                mlflow_client.log_text(parent_id, json.dumps(failures, indent=1), lookup.FAILURES)
             if raced:
                 _log_race(mlflow_client, parent_id, raced)
             if study:
                 mlflow_client.log_text(parent_id, json.dumps(study, indent=1), tuning.RECORD)
                 mlflow_client.log_param(parent_id, "tune.keys", " ".join(study["keys"]))
             if not runs.empty:
-                correct = tables.predictions(mlflow_client, runs)
-                comp = Comparison.of(
-                    runs,
-                    self.parent_name,
-                    margin=config.compare.margin,
-                    race=raced,
-                    correct=correct,
-                    note=_reused_note(parent.data.tags),
-                    tuning=study,
-                )
-                self._attach(mlflow_client, parent_id, comp)
+                # the question `make compare` asks of this sweep (its runs and reused runs read back
+                # from the store, its records as just logged), so that both print the same comparison
+                logged = {lookup.FAILURES: failures, race.RECORD: raced, tuning.RECORD: study}
+                asked = lookup.question(mlflow_client, parent_id, None, records=logged)
+                comp = asked.compare(mlflow_client)
+                out = Path(config.compare.get("out") or stored.REPORT_DIR)
+                shown = (asked, comp, out, *self._attach(mlflow_client, parent_id, comp, cwd / out))
             _log_best(mlflow_client, parent_id, sweep_dir)
         finally:
             mlflow_client.set_terminated(parent_id, self._status(statuses, failures, interrupted))
+        # at exit MLflow downloads nothing (no predictions): a later report would compare otherwise
+        if shown is not None and not interrupted:
+            _keep_for_report(mlflow_client, config.tracking.uri, cwd, logged, *shown)
         for failure in failures:  # all of them: Hydra's own message names only the first
             print(f"job failed: {' '.join(failure['overrides'])}: {failure['error']}", file=sys.stderr)
         if failures:
@@ -199,27 +201,37 @@ class MlflowSweep(Callback):
             )
 
     @staticmethod
-    def _attach(mlflow_client, parent_id: str, comp: "Comparison") -> None:
+    def _attach(
+        mlflow_client, parent_id: str, comp: "Comparison", out: Path
+    ) -> tuple[list[Path], str] | tuple:
         """The comparison where the MLflow UI shows it: the run's description (its note), headline
-        metrics, and the table, CSV and charts as artifacts."""
+        metrics, and the table, CSV and charts as artifacts, written to `out`/<parent id> (compare.out),
+        as `make compare` writes them; returns those files and the UI's link, or () where that folder
+        takes no files (they go to a temporary one)."""
         from mlflow.entities import Metric
 
         from archbench.comparing import table
         from archbench.comparing.comparison import write_all
         from archbench.tracking import tables
 
+        curves = tables.histories(mlflow_client, comp.runs, comp.metric)
         with tempfile.TemporaryDirectory() as tmp:
-            curves = tables.histories(mlflow_client, comp.runs, comp.metric)
-            for path in write_all(comp, Path(tmp), curves):
+            try:
+                paths = write_all(comp, out / parent_id, curves)
+            except OSError:  # a read-only folder: the artifacts still go to the parent run
+                paths = None
+            for path in paths or write_all(comp, Path(tmp), curves):
                 mlflow_client.log_artifact(parent_id, str(path))
         mlflow_client.set_tag(parent_id, "mlflow.note.content", table.description(comp))  # the Overview's
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, 0) for k, v in table.headline(comp).items()]
         mlflow_client.log_batch(parent_id, metrics=metrics)
         experiment = mlflow_client.get_run(parent_id).info.experiment_id
+        link = views.for_sweep(mlflow_client, comp, parent_id, experiment)
         print(table.markdown(comp))
-        print(f"in the MLflow UI (make ui): {views.for_sweep(mlflow_client, comp, parent_id, experiment)}")
+        print(f"in the MLflow UI (make ui): {link}")
         print(f"the comparison: {views.run_link(experiment, parent_id)}")
+        return (paths, link) if paths else ()
 
     def _status(self, statuses: set[str], failures: list, interrupted: bool) -> str:
         """The parent's end state, from how its jobs ended and how the sweep did."""
@@ -235,18 +247,28 @@ def _records(found) -> list[dict]:
     return found if isinstance(found, list) else [found]
 
 
-def _reused_note(tags: dict[str, str]) -> str:
-    """The comparison's word on the runs it took from earlier sweeps rather than training them, from
-    the parent run's tags (the launcher set them before any job ran)."""
-    from archbench.sweeps.reuse import CONTINUES_TAG, REUSED_TAG
+def _keep_for_report(
+    mlflow_client, uri: str, cwd: Path, logged: dict, asked, comp, out: Path, paths: list[Path] | None = None,
+    link="",
+) -> None:  # fmt: skip
+    """Keep what a report asked next in `cwd` with `--out out` (`make compare`: outputs/comparison)
+    would print, of the latest sweep and of `--parent` this one, as the report keeps its own output
+    (tracking/stored.py): asked while the store is as the sweep left it, it prints at once, without
+    MLflow. Kept only where a second read of the question finds it unchanged after the store's state
+    was taken, and as the latest sweep only where it still is."""
+    from archbench.sweeps import lookup
+    from archbench.tracking import tables
 
-    reused = int(tags.get(REUSED_TAG, 0))
-    if not reused:
-        return ""
-    earlier = tags.get(CONTINUES_TAG, "").split()
-    where = f" (from sweep{'s'[: len(earlier) > 1]} {', '.join(earlier)})" if earlier else ""
-    runs = f"{reused} run{'s'[: reused > 1]}"
-    return f"{runs} reused from earlier sweeps{where}, not trained again (sweep.reuse)"
+    if not paths:
+        return
+    parent_id = asked.name
+    before = stored.state(uri)
+    if before is None or not asked.same(lookup.question(mlflow_client, parent_id, None, records=logged)):
+        return
+    text = lookup.shown(comp, out / parent_id, paths, link, views.run_link(asked.experiment_id, parent_id))
+    latest = tables.latest_sweep(mlflow_client) == parent_id
+    for parent in [parent_id, *([None] if latest else [])]:
+        stored.keep(stored.request(uri, parent, None, None, cwd / out), before, text, paths)
 
 
 def _log_best(mlflow_client, parent_id: str, sweep_dir: Path) -> None:

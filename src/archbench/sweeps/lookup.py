@@ -3,12 +3,14 @@ experiment): first the question, read from the store (its runs and records), the
 and its link in the MLflow UI."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
 from archbench.tracking import store, tables, views
 from archbench.tuning import RECORD as TUNING_RECORD
 
+FAILURES = "failed_jobs.json"  # on a sweep's parent run: its failed jobs (overrides, error)
 POOLED = (
     "Pooled across sweeps: each pooled look at the same seeds spends the error budget again, "
     "which no interval here accounts for; `seeds=auto` plans its looks."
@@ -56,9 +58,11 @@ class Question:
 
 
 def question(
-    mlflow_client, parent: str | None, experiment: str | None, margin: float | None = None
+    mlflow_client, parent: str | None, experiment: str | None, margin: float | None = None, records=None
 ) -> Question:
-    """The runs and records of the latest sweep, of the sweep `parent`, or of every job of `experiment`."""
+    """The runs and records of the latest sweep, of the sweep `parent`, or of every job of `experiment`.
+    `records`: a sweep's records by name (FAILURES, race's and tuning's) as it logged them on its parent
+    run, not downloaded again (at interpreter exit, MLflow can no longer download)."""
     if experiment:
         found = mlflow_client.get_experiment_by_name(experiment)
         if found is None:
@@ -74,16 +78,50 @@ def question(
             raise NothingToCompare("no sweep recorded yet")
     run = mlflow_client.get_run(parent)
     info = run.info
-    runs = tables.sweep_runs(mlflow_client, parent)
+
+    def record(name: str):
+        if records is not None and name in records:
+            return records[name]
+        return tables.parent_record(mlflow_client, parent, name)
+
+    # as the sweep's own comparison counts them: its failed jobs, and the runs it reused
+    failures = record(FAILURES) or []
+    runs = tables.sweep_runs(mlflow_client, parent, failures)
     if runs.empty:
         raise NothingToCompare(f"sweep {info.run_name} ({parent}) has no job runs")
     logged = run.data.params.get("compare.margin")
     from archbench.sweeps.race import RECORD as RACE_RECORD  # here: hydra's parser only for a sweep
 
-    raced = tables.parent_record(mlflow_client, parent, RACE_RECORD)
-    study = tables.parent_record(mlflow_client, parent, TUNING_RECORD)
+    raced, study = record(RACE_RECORD), record(TUNING_RECORD)
     margin = margin or (float(logged) if logged is not None else None)
-    return Question(runs, info.run_name, parent, info.experiment_id, margin, race=raced, tuning=study)
+    note = reused_note(run.data.tags)
+    return Question(runs, info.run_name, parent, info.experiment_id, margin, note, race=raced, tuning=study)
+
+
+def reused_note(tags: dict[str, str]) -> str:
+    """The comparison's word on the runs a sweep took from earlier sweeps rather than training them,
+    from its parent run's tags (the launcher set them before any job ran)."""
+    from archbench.sweeps.reuse import CONTINUES_TAG, REUSED_TAG
+
+    reused = int(tags.get(REUSED_TAG, 0))
+    if not reused:
+        return ""
+    earlier = tags.get(CONTINUES_TAG, "").split()
+    where = f" (from sweep{'s'[: len(earlier) > 1]} {', '.join(earlier)})" if earlier else ""
+    runs = f"{reused} run{'s'[: reused > 1]}"
+    return f"{runs} reused from earlier sweeps{where}, not trained again (sweep.reuse)"
+
+
+def shown(comp, folder: Path, paths: list[Path], ui_link: str, run_link: str | None) -> str:
+    """What a report prints: the table, where its files went, and its links (a sweep's parent run's
+    with `run_link`)."""
+    from archbench.comparing import table  # here: scipy, which a stored report skips
+
+    lines = [table.markdown(comp), f"written to {folder}: {', '.join(p.name for p in paths)}"]
+    lines.append(f"in the MLflow UI (make ui): {ui_link}")
+    if run_link is not None:
+        lines.append(f"the comparison: {run_link}")
+    return "\n".join(lines)
 
 
 def find(mlflow_client, parent: str | None, experiment: str | None, margin: float | None = None):

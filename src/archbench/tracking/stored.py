@@ -40,6 +40,18 @@ def state(uri: str) -> list | None:
     return found if found[0] else None
 
 
+REPORT_DIR = Path("outputs/comparison")  # a report's folder, as `make compare` writes it
+
+
+def request(uri: str, parent: str | None, experiment: str | None, margin: float | None, out: Path) -> str:
+    """The key of a report's output: its store (a SQLite file by its absolute path, wherever the
+    report is asked from), what it compares, its margin and its folder."""
+    where = uri
+    if where.startswith("sqlite:///"):
+        where = f"sqlite:///{Path(where.removeprefix('sqlite:///')).resolve()}"
+    return json.dumps([where, parent, experiment, margin, str(Path(out).resolve())])
+
+
 def _code() -> str:
     """archbench's sources, as one digest."""
     digest = hashlib.sha256()
