@@ -119,10 +119,11 @@ SCENARIOS = {
     ),
     "report": ("report: --experiment of the 1-epoch preset's 15 runs", ["-m", "archbench.report"]),
     "stored": ("the same report again, the store unchanged", ["-m", "archbench.report"]),
+    "latest": ("`make compare` right after the 1-epoch preset: its latest sweep", ["-m", "archbench.report"]),
     "api": ("archbench.compare(experiment=...) of those 15 runs, a new process", ["-c", API_COMPARE]),
     "api-stored": ("the same archbench.compare() again, the store unchanged", ["-c", API_COMPARE]),
 }
-REPORTS = ("report", "stored", "api", "api-stored")
+REPORTS = ("report", "stored", "latest", "api", "api-stored")
 ASKED_BEFORE = ("stored", "api-stored")
 
 
@@ -137,11 +138,14 @@ def scenario(
         args = ["-m", "archbench.compare.report"]  # its name before issue 35's layers
     if key.startswith("api"):
         args = [*args, uri]
+    elif key == "latest":  # where the sweep before it wrote its comparison (compare.out)
+        args = [*args, "--tracking-uri", uri, "--out", str(folder / "comparison")]
     elif key in REPORTS:
         args = [*args, "--tracking-uri", uri, "--experiment", "archbench", "--out", str(folder / "report")]
     else:
         args = [*args, "train.progress=false", f"tracking.uri={uri}", f"data_dir={ROOT / 'data'}",
                 f"hydra.run.dir={folder}/run", f"hydra.sweep.dir={folder}/sweep",
+                f"++compare.out={folder}/comparison",  # ++: a revision before the key ignores it
                 *(["dataset=synthetic"] * (data == "synthetic"))]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(tree / "src")}  # the tree's archbench, not the installed one
     tic = time.perf_counter()
@@ -218,7 +222,10 @@ def sweeps(
         for key in keys:
             for i, (label, tree) in enumerate(trees.items()):
                 store = tmp / f"{'activations1' if key in REPORTS else key}-{i}.db"
-                if key in REPORTS and not store.exists():  # the report reads the 1-epoch preset's runs
+                if key == "latest":  # a sweep of its own, just before: nothing else has read its store
+                    store = tmp / f"latest-{i}.db"
+                    scenario(tree, "activations1", data, tmp / f"latest-{i}", store)
+                elif key in REPORTS and not store.exists():  # the report reads the 1-epoch preset's runs
                     scenario(tree, "activations1", data, tmp / f"for-report-{i}", store)
                 if key in ASKED_BEFORE:  # asked once before, on the same store and folder
                     scenario(tree, key, data, tmp / f"{key}-{i}", store)
