@@ -71,3 +71,9 @@ def test_the_report_after_a_sweep_prints_the_sweeps_comparison_without_reading_t
         assert f"written to {out}/{parent}: comparison.md" in printed and "activation=tanh" in printed
         computed, imported = report(*args, env={"XDG_CACHE_HOME": str(tmp_path / "cache2")})
         assert "mlflow" in imported and computed == printed, args
+    # another margin's report into the same folder rewrites the files a kept output names: the next
+    # report computes again, rather than name files that now hold another comparison
+    assert report("--margin", "0.02", env=cache)[0] != printed
+    again, imported = report(env=cache)
+    assert "mlflow" in imported and again == printed
+    assert report(env=cache)[1].isdisjoint({"mlflow", "scipy"})  # and keeps it

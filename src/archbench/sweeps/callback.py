@@ -145,7 +145,7 @@ class MlflowSweep(Callback):
             signal.signal(signal.SIGTERM, self._saved_sigterm)  # the process goes on (a notebook's)
         sweep_dir = Path(config.hydra.sweep.dir)
         # where `make compare` is asked from: its folders are relative to it
-        cwd = Path(config.hydra.runtime.cwd)
+        cwd = Path(OmegaConf.select(config, "hydra.runtime.cwd", default=None) or Path.cwd())
         mlflow_client = client(config.tracking.uri)
         # this session's: an earlier one run in the same folder (reuse.py) left its own there
         parent = mlflow_client.get_run(parent_id)
@@ -189,9 +189,6 @@ class MlflowSweep(Callback):
             _log_best(mlflow_client, parent_id, sweep_dir)
         finally:
             mlflow_client.set_terminated(parent_id, self._status(statuses, failures, interrupted))
-        # at exit MLflow downloads nothing (no predictions): a later report would compare otherwise
-        if shown is not None and not interrupted:
-            _keep_for_report(mlflow_client, config.tracking.uri, cwd, logged, *shown)
         for failure in failures:  # all of them: Hydra's own message names only the first
             print(f"job failed: {' '.join(failure['overrides'])}: {failure['error']}", file=sys.stderr)
         if failures:
@@ -199,6 +196,12 @@ class MlflowSweep(Callback):
                 f"{len(failures)} job(s) of sweep {sweep_dir} failed; the others are recorded",
                 file=sys.stderr,
             )
+        # at exit MLflow downloads nothing (no predictions): a later report would compare otherwise
+        if shown is not None and not interrupted:
+            try:
+                _keep_for_report(mlflow_client, config.tracking.uri, cwd, logged, *shown)
+            except Exception as e:  # noqa: BLE001 (a shortcut for the next report: it computes instead)
+                log.debug("the sweep's comparison is not kept for the next report: %s", e)
 
     @staticmethod
     def _attach(
@@ -268,7 +271,7 @@ def _keep_for_report(
     text = lookup.shown(comp, out / parent_id, paths, link, views.run_link(asked.experiment_id, parent_id))
     latest = tables.latest_sweep(mlflow_client) == parent_id
     for parent in [parent_id, *([None] if latest else [])]:
-        stored.keep(stored.request(uri, parent, None, None, cwd / out), before, text, paths)
+        stored.keep(stored.request(uri, parent, None, None, out, cwd), before, text, paths)
 
 
 def _log_best(mlflow_client, parent_id: str, sweep_dir: Path) -> None:

@@ -43,13 +43,22 @@ def state(uri: str) -> list | None:
 REPORT_DIR = Path("outputs/comparison")  # a report's folder, as `make compare` writes it
 
 
-def request(uri: str, parent: str | None, experiment: str | None, margin: float | None, out: Path) -> str:
+def request(
+    uri: str,
+    parent: str | None,
+    experiment: str | None,
+    margin: float | None,
+    out: Path,
+    cwd: Path | None = None,
+) -> str:
     """The key of a report's output: its store (a SQLite file by its absolute path, wherever the
-    report is asked from), what it compares, its margin and its folder."""
+    report is asked from), what it compares, its margin, and its folder `out` both as given (the
+    output names it so) and resolved from `cwd` (default: this process's)."""
     where = uri
     if where.startswith("sqlite:///"):
         where = f"sqlite:///{Path(where.removeprefix('sqlite:///')).resolve()}"
-    return json.dumps([where, parent, experiment, margin, str(Path(out).resolve())])
+    folder = (Path(cwd) / out if cwd is not None else Path(out)).resolve()
+    return json.dumps([where, parent, experiment, margin, str(out), str(folder)])
 
 
 def _code() -> str:
@@ -72,9 +81,19 @@ def recall(request: str, uri: str) -> str | None:
         kept = json.loads(_kept(request).read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    if not _current(kept, request, uri) or not all(Path(f).is_file() for f in kept["files"]):
+    if not _current(kept, request, uri) or any(_file(f) != [f, *rest] for f, *rest in kept["files"]):
         return None
     return kept["text"]
+
+
+def _file(path: str) -> list | None:
+    """A file the output names, as it is now: its path and its content's digest; None where it is
+    gone. Another report into the same folder (another margin) rewrites the files without writing
+    the store; the same report again writes the same bytes (a few milliseconds to read back)."""
+    try:
+        return [path, hashlib.sha256(Path(path).read_bytes()).hexdigest()]
+    except OSError:
+        return None
 
 
 def recall_object(request: str, uri: str):
@@ -118,5 +137,7 @@ def keep(request: str, before: list | None, text: str, files: list[Path]) -> Non
     if before is None:
         return
     record = {"request": request, "state": before, "code": _code(), "text": text}
-    record["files"] = [str(Path(f).resolve()) for f in files]
+    record["files"] = [_file(str(Path(f).resolve())) for f in files]
+    if None in record["files"]:
+        return
     _write(_kept(request), json.dumps(record).encode())
