@@ -206,11 +206,11 @@ class MlflowSweep(Callback):
     @staticmethod
     def _attach(
         mlflow_client, parent_id: str, comp: "Comparison", out: Path
-    ) -> tuple[list[Path], str] | tuple:
+    ) -> tuple[list[Path] | None, str]:
         """The comparison where the MLflow UI shows it: the run's description (its note), headline
         metrics, and the table, CSV and charts as artifacts, written to `out`/<parent id> (compare.out),
-        as `make compare` writes them; returns those files and the UI's link, or () where that folder
-        takes no files (they go to a temporary one)."""
+        as `make compare` writes them; returns those files (None where that folder takes no files: they
+        go to a temporary one) and the UI's link."""
         from mlflow.entities import Metric
 
         from archbench.comparing import table
@@ -234,7 +234,7 @@ class MlflowSweep(Callback):
         print(table.markdown(comp))
         print(f"in the MLflow UI (make ui): {link}")
         print(f"the comparison: {views.run_link(experiment, parent_id)}")
-        return (paths, link) if paths else ()
+        return paths, link
 
     def _status(self, statuses: set[str], failures: list, interrupted: bool) -> str:
         """The parent's end state, from how its jobs ended and how the sweep did."""
@@ -251,9 +251,16 @@ def _records(found) -> list[dict]:
 
 
 def _keep_for_report(
-    mlflow_client, uri: str, cwd: Path, logged: dict, asked, comp, out: Path, paths: list[Path] | None = None,
-    link="",
-) -> None:  # fmt: skip
+    mlflow_client,
+    uri: str,
+    cwd: Path,
+    logged: dict,
+    asked,
+    comp,
+    out: Path,
+    paths: list[Path] | None,
+    link: str,
+) -> None:
     """Keep what a report asked next in `cwd` with `--out out` (`make compare`: outputs/comparison)
     would print, of the latest sweep and of `--parent` this one, as the report keeps its own output
     (tracking/stored.py): asked while the store is as the sweep left it, it prints at once, without
